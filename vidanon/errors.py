@@ -1,0 +1,21 @@
+"""Errors a user can act on. The message is one line; the CLI prints it as is."""
+
+
+class VidanonError(Exception):
+    """Base class: anything the CLI reports as `vidanon: error: <message>` without a traceback."""
+
+
+class InputError(VidanonError):
+    """A file that cannot be used as input (missing, empty, not a video, truncated, ...)."""
+
+
+class KeyFileError(VidanonError):
+    """A key file that is missing, malformed, or readable by others."""
+
+
+class WrongKeyError(VidanonError):
+    """The key does not open the sealed data of a manifest: it is not the key the video was made with."""
+
+
+class ModelNotFoundError(VidanonError):
+    """Model weights that are neither on disk nor reachable."""
