@@ -1,0 +1,159 @@
+"""Keys: master key files, per-track keys, flip signs, and sealing (DESIGN.md §3).
+
+Everything here is a stable format: an archive anonymized today must open in ten years,
+so the constants below never change (a new scheme gets a new version string).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import KeyFileError, WrongKeyError
+
+MASTER_PREFIX = "vidanon-key-v1:"
+TRACK_PREFIX = "vidanon-track-key-v1:"
+MASTER_SIZES = (16, 32)  # 128-bit (the paper's size) accepted on input; we generate 256-bit
+TRACK_INFO = b"vidanon/track/v1/"
+FLIP_INFO = b"vidanon/flip/v1"
+SEAL_INFO = b"vidanon/seal/v1"
+NONCE_SIZE = 12
+
+
+def generate_master_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _write_secret(path: Path, line: str, overwrite: bool) -> None:
+    """Create the file with mode 0600 from the start, so the key is never readable by others."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key file") from None
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot write key file ({e.strerror})") from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(line + "\n")
+
+
+def _read_secret(path: Path) -> str:
+    path = Path(path)
+    try:
+        st = path.stat()
+        if st.st_mode & 0o077:
+            raise KeyFileError(
+                f"{path}: key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+            )
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: key file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"{path}: cannot read key file ({getattr(e, 'strerror', None) or e})") from None
+    return text.strip()
+
+
+def save_master_key(path: str | os.PathLike, key: bytes, *, overwrite: bool = False) -> None:
+    if len(key) not in MASTER_SIZES:
+        raise ValueError(f"master key must be 16 or 32 bytes, got {len(key)}")
+    _write_secret(Path(path), MASTER_PREFIX + _b64(key), overwrite)
+
+
+def load_master_key(path: str | os.PathLike) -> bytes:
+    text = _read_secret(Path(path))
+    if not text.startswith(MASTER_PREFIX):
+        hint = " (this is a single-track key: use --track-key)" if text.startswith(TRACK_PREFIX) else ""
+        raise KeyFileError(f"{path}: not a vidanon master key file (expected '{MASTER_PREFIX}...'){hint}")
+    try:
+        key = _unb64(text[len(MASTER_PREFIX):])
+    except ValueError:
+        raise KeyFileError(f"{path}: malformed key (not base64url)") from None
+    if len(key) not in MASTER_SIZES:
+        raise KeyFileError(f"{path}: key is {len(key)} bytes; expected 16 or 32")
+    return key
+
+
+def track_key(master: bytes, video_id: bytes, track_id: int) -> bytes:
+    """HKDF-SHA256(ikm=master, salt=video_id, info='vidanon/track/v1/<id>') -> 32 bytes."""
+    if track_id < 0:
+        raise ValueError("track id must be >= 0")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=video_id, info=TRACK_INFO + str(track_id).encode())
+    return hkdf.derive(master)
+
+
+@dataclass(frozen=True)
+class TrackKey:
+    """The key of one person in one video: restores that track and nothing else."""
+
+    video_id: bytes
+    track_id: int
+    key: bytes
+
+
+def save_track_key(path: str | os.PathLike, tk: TrackKey, *, overwrite: bool = False) -> None:
+    line = f"{TRACK_PREFIX}{tk.video_id.hex()}:{tk.track_id}:{_b64(tk.key)}"
+    _write_secret(Path(path), line, overwrite)
+
+
+def load_track_key(path: str | os.PathLike) -> TrackKey:
+    text = _read_secret(Path(path))
+    parts = text[len(TRACK_PREFIX):].split(":") if text.startswith(TRACK_PREFIX) else []
+    try:
+        video_hex, tid, key_b64 = parts
+        tk = TrackKey(bytes.fromhex(video_hex), int(tid), _unb64(key_b64))
+    except ValueError:
+        raise KeyFileError(f"{path}: not a vidanon track key file (expected '{TRACK_PREFIX}<video>:<track>:<key>')") from None
+    if len(tk.key) != 32 or len(tk.video_id) != 16 or tk.track_id < 0:
+        raise KeyFileError(f"{path}: malformed track key")
+    return tk
+
+
+def flip_signs(tkey: bytes, n: int) -> np.ndarray:
+    """r in {-1,+1}^n: first n bits of SHAKE-256(track_key || 'vidanon/flip/v1'), LSB-first, 1 -> +1.
+
+    Element i of r multiplies element i of the latent in C order (channel, row, column).
+    Never a framework RNG: their streams change between versions and devices.
+    """
+    stream = hashlib.shake_256(tkey + FLIP_INFO).digest((n + 7) // 8)
+    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8), bitorder="little")[:n]
+    return bits.astype(np.int8) * 2 - 1
+
+
+def _seal_key(tkey: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SEAL_INFO).derive(tkey)
+
+
+def seal(tkey: bytes, data: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM under a key derived from the track key; aad binds the blob to its place (video, track, frame)."""
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    return nonce + AESGCM(_seal_key(tkey)).encrypt(nonce, data, aad)
+
+
+def unseal(tkey: bytes, blob: bytes, aad: bytes) -> bytes:
+    """Inverse of seal; a failed tag means the key is not the one the data was sealed with."""
+    try:
+        return AESGCM(_seal_key(tkey)).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
+    except (InvalidTag, ValueError):
+        raise WrongKeyError("wrong key: it does not open this video's sealed face data") from None

@@ -1,0 +1,225 @@
+"""Diffusion models: where they come from and the three functions the core needs (DESIGN.md §5, §6).
+
+A model here is anything with `encode`, `decode`, `eps` and a scheduler config. Two kinds:
+- `LatentDiffusion`: a diffusers UNet2DModel + VQModel (the paper's FFHQ LDM, CompVis CelebA-HQ),
+  from the Hugging Face hub cache or a local directory;
+- `GaussianModel` (`testing:gaussian`): a closed-form model with exact answers, for tests and for trying
+  the mechanics offline. It produces no realistic faces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+# Scheduler of the CompVis LDMs (CelebA-HQ 256, FFHQ 256), used when a model folder has none (DESIGN §2).
+COMPVIS_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0015,
+    "beta_end": 0.0195,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "timestep_spacing": "leading",
+}
+# Keys of a diffusers scheduler config that change the DDIM step math; everything else is ignored.
+SCHEDULER_KEYS = tuple(COMPVIS_SCHEDULER)
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    alias: str
+    repo: str
+    subfolder: str | None
+    licence: str
+    about: str
+
+
+KNOWN_MODELS = {
+    m.alias: m
+    for m in (
+        KnownModel("ffhq", "PolLabarbarie/diffusion-signflip-anon-face", "ffhq-diffusers", "MIT",
+                   "the paper's FFHQ 256 LDM, converted to diffusers by its authors (default)"),
+        KnownModel("celebahq", "CompVis/ldm-celebahq-256", None, "Apache-2.0 (CompVis LDM)",
+                   "CompVis latent diffusion trained on CelebA-HQ 256"),
+        KnownModel("testing:gaussian", "", None, "MIT (built in)",
+                   "closed-form test model: exact round trips, NO realistic faces"),
+    )
+}
+DEFAULT_MODEL = "ffhq"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelNotFoundError(f"device {device!r} requested but torch sees no CUDA GPU (torch {torch.__version__})")
+    return torch.device(device)
+
+
+@dataclass(eq=False)
+class GaussianModel:
+    """Closed-form model: lossless autoencoder and the optimal ε-predictor for a Gaussian prior (DESIGN §6).
+
+    E = pixel-unshuffle by 4 (3×256×256 → 48×64×64), D = pixel-shuffle, so D(E(x)) = x exactly.
+    For data ~ N(mean, std²) per element the optimal noise prediction is
+    ε*(z_t, t) = √(1−ᾱ_t)(z_t − √ᾱ_t·mean) / (ᾱ_t·std² + 1 − ᾱ_t),
+    so the only error left in a round trip is DDIM's own discretization.
+    """
+
+    mean: float = 0.0
+    std: float = 0.5
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    name: str = "testing:gaussian"
+    scheduler_config: dict = field(default_factory=lambda: dict(COMPVIS_SCHEDULER))
+    latent_shape: tuple[int, int, int] = (48, 64, 64)
+    image_shape: tuple[int, int, int] = (3, 256, 256)
+    dtype: torch.dtype = torch.float32
+    digest: str = "closed-form"
+
+    def __post_init__(self):
+        from diffusers import DDIMScheduler
+
+        self._acp = DDIMScheduler(**self.scheduler_config).alphas_cumprod.to(self.device, torch.float64)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, 4)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z, 4)
+
+    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        a = self._acp[int(t)]
+        return (torch.sqrt(1 - a) * (z - torch.sqrt(a) * self.mean) / (a * self.std**2 + 1 - a)).to(z.dtype)
+
+
+class LatentDiffusion:
+    """A diffusers UNet2DModel (ε-prediction) + VQModel pair."""
+
+    def __init__(self, unet, vqvae, scheduler_config: dict, *, name: str, digest: str, device, dtype):
+        self.unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.vqvae = vqvae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.scheduler_config = {k: scheduler_config[k] for k in SCHEDULER_KEYS if k in scheduler_config}
+        self.name, self.digest, self.device, self.dtype = name, digest, torch.device(device), dtype
+        size = unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        self.latent_shape = (unet.config.in_channels, size, size)
+        scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
+        self.image_shape = (vqvae.config.in_channels, size * scale, size * scale)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        # quant_conv output, unquantized: the DDIM inversion starts from the encoder's continuous latent.
+        return self.vqvae.encode(x.to(self.dtype)).latents.float()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        # VQModel.decode quantizes to the codebook by default; we keep the model's own behaviour.
+        return self.vqvae.decode(z.to(self.dtype)).sample.float()
+
+    @torch.no_grad()
+    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        return self.unet(z.to(self.dtype), t).sample.float()
+
+
+def _weights_digest(*folders: Path) -> str:
+    """sha256 over the weight files, so a manifest names exactly the weights that made it."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for f in sorted(folder.iterdir()):
+            if f.suffix in (".safetensors", ".bin", ".pt", ".ckpt"):
+                h.update(f.name.encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 24), b""):
+                        h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def resolve_model_name(name: str) -> tuple[str, str | None, Path | None]:
+    """'ffhq' | 'owner/repo[/subfolder]' | local dir -> (repo_id, subfolder, local_dir)."""
+    if name in KNOWN_MODELS:
+        m = KNOWN_MODELS[name]
+        return m.repo, m.subfolder, None
+    if Path(name).expanduser().is_dir():
+        return "", None, Path(name).expanduser()
+    parts = name.strip("/").split("/")
+    if len(parts) < 2 or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(
+            f"model {name!r}: not a local directory, a hub id (owner/repo[/subfolder]) or one of {', '.join(KNOWN_MODELS)}"
+        )
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None, None
+
+
+def fetch_model(name: str, *, download: bool = True) -> Path:
+    """The local folder holding the model's unet/, vqvae/, scheduler/ (from the hub cache, downloading if allowed)."""
+    repo, subfolder, local = resolve_model_name(name)
+    if local is not None:
+        return local
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = [f"{subfolder}/*", f"{subfolder}/**"] if subfolder else None
+    try:
+        root = snapshot_download(repo, allow_patterns=patterns, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, HfHubHTTPError, ValueError, OSError):
+        root = None
+    if root is None and download and not constants.HF_HUB_OFFLINE:
+        try:
+            root = snapshot_download(repo, allow_patterns=patterns)
+        except Exception as e:  # network, auth, missing repo: all end in the same advice
+            log.debug("download of %s failed: %r", repo, e)
+            root = None
+    folder = Path(root) / subfolder if root and subfolder else Path(root) if root else None
+    if folder is None or not (folder / "unet").is_dir():
+        where = constants.HF_HUB_CACHE
+        sub = f" --include '{subfolder}/*'" if subfolder else ""
+        raise ModelNotFoundError(
+            f"model {name!r} ({repo}{'/' + subfolder if subfolder else ''}) is not in the Hugging Face cache ({where}) "
+            f"and could not be downloaded; on a connected machine run `vidanon models pull {name}` "
+            f"(or `huggingface-cli download {repo}{sub}`), or pass a local diffusers folder with --model; "
+            "to try the mechanics offline use --model testing:gaussian"
+        )
+    return folder
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.dtype | None = None, download: bool = True):
+    """A hub id (optionally with a subfolder), a local diffusers folder, a known alias, or 'testing:gaussian'."""
+    dev = pick_device(device)
+    if name == "testing:gaussian":
+        return GaussianModel(device=dev)
+    folder = fetch_model(name, download=download)
+    from diffusers import UNet2DModel, VQModel
+
+    if not (folder / "unet").is_dir() or not (folder / "vqvae").is_dir():
+        raise ModelNotFoundError(f"model {name!r}: {folder} has no unet/ and vqvae/ folders (diffusers layout)")
+    try:
+        unet = UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+        vqvae = VQModel.from_pretrained(folder, subfolder="vqvae", local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"model {name!r}: cannot load weights from {folder}: {str(e).splitlines()[0]}") from None
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    sched = {**COMPVIS_SCHEDULER, **json.loads(sched_file.read_text())} if sched_file.is_file() else dict(COMPVIS_SCHEDULER)
+    if sched.get("prediction_type", "epsilon") != "epsilon":
+        raise ModelNotFoundError(f"model {name!r}: only ε-prediction models are supported, not {sched['prediction_type']!r}")
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    digest = _weights_digest(folder / "unet", folder / "vqvae")
+    return LatentDiffusion(unet, vqvae, sched, name=name, digest=digest, device=dev, dtype=dtype)
+
+
+def latent_numel(model) -> int:
+    return math.prod(model.latent_shape)
+
