@@ -205,17 +205,17 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.
 
     if not (folder / "unet").is_dir() or not (folder / "vqvae").is_dir():
         raise ModelNotFoundError(f"model {name!r}: {folder} has no unet/ and vqvae/ folders (diffusers layout)")
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     try:
-        unet = UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        vqvae = VQModel.from_pretrained(folder, subfolder="vqvae", local_files_only=True)
+        unet = UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True, torch_dtype=dtype)
+        vqvae = VQModel.from_pretrained(folder, subfolder="vqvae", local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"model {name!r}: cannot load weights from {folder}: {str(e).splitlines()[0]}") from None
     sched_file = folder / "scheduler" / "scheduler_config.json"
     sched = {**COMPVIS_SCHEDULER, **json.loads(sched_file.read_text())} if sched_file.is_file() else dict(COMPVIS_SCHEDULER)
     if sched.get("prediction_type", "epsilon") != "epsilon":
         raise ModelNotFoundError(f"model {name!r}: only ε-prediction models are supported, not {sched['prediction_type']!r}")
-    if dtype is None:
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     digest = _weights_digest(folder / "unet", folder / "vqvae")
     return LatentDiffusion(unet, vqvae, sched, name=name, digest=digest, device=dev, dtype=dtype)
 
