@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -28,6 +29,7 @@ MASTER_SIZES = (16, 32)  # 128-bit (the paper's size) accepted on input; we gene
 TRACK_INFO = b"vidanon/track/v1/"
 FLIP_INFO = b"vidanon/flip/v1"
 SEAL_INFO = b"vidanon/seal/v1"
+MAC_INFO = b"vidanon/manifest-mac/v1"
 NONCE_SIZE = 12
 
 
@@ -141,8 +143,21 @@ def flip_signs(tkey: bytes, n: int) -> np.ndarray:
     return bits.astype(np.int8) * 2 - 1
 
 
+def _subkey(tkey: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(tkey)
+
+
 def _seal_key(tkey: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SEAL_INFO).derive(tkey)
+    return _subkey(tkey, SEAL_INFO)
+
+
+def mac(tkey: bytes, data: bytes) -> str:
+    """HMAC-SHA256 under a key derived from the track key: lets a key holder check a manifest's integrity."""
+    return hmac.new(_subkey(tkey, MAC_INFO), data, hashlib.sha256).hexdigest()
+
+
+def mac_ok(tkey: bytes, data: bytes, tag: str) -> bool:
+    return hmac.compare_digest(mac(tkey, data), tag)
 
 
 def seal(tkey: bytes, data: bytes, aad: bytes) -> bytes:

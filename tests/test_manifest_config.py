@@ -1,0 +1,96 @@
+"""Manifest sealing/integrity and the config layering."""
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vidanon import keys
+from vidanon.config import Config, load_config
+from vidanon.errors import InputError, WrongKeyError
+from vidanon.manifest import Manifest, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
+
+MASTER = bytes(range(32))
+VID = bytes(range(16))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_manifest():
+    rng = np.random.default_rng(0)
+    header = {"format": "vidanon-manifest", "version": 1, "video_id": VID.hex(), "model": {"latent_shape": [3, 64, 64]}}
+    tks = {t: keys.track_key(MASTER, VID, t) for t in (0, 1)}
+    masks = {}
+    tracks = []
+    for t in (0, 1):
+        faces = []
+        for frame in (3, 4):
+            masks[t, frame] = rng.random((64, 64)) > 0.5
+            faces.append({"frame": frame, "sealed": seal_mask(tks[t], VID, t, frame, masks[t, frame])})
+        tracks.append({"id": t, "faces": faces})
+    return Manifest(header, sign_tracks(header, tracks, tks)), tks, masks
+
+
+def test_sealed_mask_round_trip_and_binding():
+    m, tks, masks = make_manifest()
+    face = m.track(1)["faces"][1]
+    got = unseal_mask(tks[1], VID, 1, 4, face["sealed"], (64, 64))
+    assert np.array_equal(got, masks[1, 4])
+    with pytest.raises(WrongKeyError):
+        unseal_mask(tks[0], VID, 1, 4, face["sealed"], (64, 64))
+    with pytest.raises(WrongKeyError):  # a sealed blob moved to another frame does not open
+        unseal_mask(tks[1], VID, 1, 3, face["sealed"], (64, 64))
+
+
+def test_check_key_tells_wrong_key_from_tampering(tmp_path):
+    m, tks, _ = make_manifest()
+    path = tmp_path / "v.vidanon.json"
+    write_manifest(path, m)
+    m2 = read_manifest(path)
+    m2.check_key(0, tks[0])
+    with pytest.raises(WrongKeyError, match="wrong key for track 0"):
+        m2.check_key(0, keys.track_key(bytes(32), VID, 0))
+    data = json.loads(path.read_text())
+    data["tracks"][0]["faces"][0]["frame"] = 3  # unchanged seal, but alter the header
+    data["steps"] = 10
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="altered"):
+        read_manifest(path).check_key(0, tks[0])
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_manifest(tmp_path / "x.vidanon.json")
+    bad = tmp_path / "bad.vidanon.json"
+    bad.write_text("{nope")
+    with pytest.raises(InputError, match="not a readable manifest"):
+        read_manifest(bad)
+    bad.write_text(json.dumps({"format": "vidanon-manifest", "version": 99}))
+    with pytest.raises(InputError, match="version 99"):
+        read_manifest(bad)
+    m, _, _ = make_manifest()
+    with pytest.raises(InputError, match="track 5 is not in this video"):
+        m.track(5)
+
+
+def test_default_yaml_documents_every_setting_with_its_default():
+    documented = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    assert documented == Config().to_dict()
+    assert set(documented) == {f.name for f in fields(Config)}
+
+
+def test_config_layering_and_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("steps: 20\ncrf: 23\n")
+    c = load_config(f, crf=18, model=None)
+    assert (c.steps, c.crf, c.model) == (20, 18, "ffhq")
+    f.write_text("stepz: 20\n")
+    with pytest.raises(InputError, match="unknown setting.*stepz"):
+        load_config(f)
+    with pytest.raises(InputError, match="steps must be"):
+        load_config(None, steps=0)
+    with pytest.raises(InputError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")

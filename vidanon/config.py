@@ -1,0 +1,76 @@
+"""One frozen config object for a run: defaults, then a YAML file, then command-line flags.
+
+`configs/default.yaml` documents every field below with its default; a test keeps the two in step.
+The resolved config is recorded in every manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "ffhq"  # alias (ffhq, celebahq), hub id owner/repo[/subfolder], local folder, or testing:gaussian
+    steps: int = 50  # DDIM steps for inversion and denoising (paper: 50)
+    batch_size: int = 0  # faces per diffusion batch; 0 = auto (32 on GPU, 4 on CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    detector: str = "centerface"  # centerface (offline, MIT) | scrfd (insightface, non-commercial licence)
+    threshold: float | None = None  # detector score threshold; None = the detector's own default
+    min_face: int = 20  # smallest face height in pixels the detector is run to find
+    mask: str = "auto"  # auto (face parser if its weights are available, else landmarks) | parser | landmarks
+    parser_weights: str | None = None  # path to BiSeNet face-parsing ONNX; None = user cache / download
+    feather: int = 8  # px of soft edge outside the replaced region when pasting back
+    max_gap: int = 12  # frames a face may go undetected and still be covered by interpolation
+    extend: int = 4  # frames covered before a face's first and after its last detection
+    iou_threshold: float = 0.3  # tracker matching threshold
+    lossless: bool = False  # lossless RGB H.264 (libx264rgb qp 0) for evidential archives
+    crf: int = 17  # H.264 quality when not lossless (17 ≈ visually lossless)
+    preset: str = "medium"  # x264 preset
+
+    def __post_init__(self):
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 0, "batch_size must be >= 0"),
+            (self.mask in ("auto", "parser", "landmarks"), "mask must be auto, parser or landmarks"),
+            (0 <= self.crf <= 51, "crf must be in 0..51"),
+            (self.min_face >= 8, "min_face must be >= 8"),
+            (self.max_gap >= 0 and self.extend >= 0 and self.feather >= 0, "max_gap, extend, feather must be >= 0"),
+            (0 < self.iou_threshold < 1, "iou_threshold must be in (0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"config: {message}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name for f in fields(Config)}
+
+
+def load_config(path: str | Path | None = None, **overrides) -> Config:
+    """Defaults < YAML file < overrides (None values in overrides mean 'not given')."""
+    values: dict = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(f"{path}: cannot read config ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: config must be a mapping of setting: value")
+        unknown = set(loaded) - FIELDS
+        if unknown:
+            raise InputError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(FIELDS))}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Config(**values)
+    except TypeError as e:
+        raise InputError(f"config: {e}") from None
