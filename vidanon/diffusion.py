@@ -41,11 +41,11 @@ def make_schedule(scheduler_config: dict, steps: int) -> Schedule:
 def ddim_step(z: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
     """Deterministic DDIM (σ = 0) from noise level ᾱ = a_from to a_to: eq. 2 going down, eq. 3 going up.
 
-    Written as diffusers writes it (predict z_0, then re-noise), which equals the paper's eqs. 2–3
-    with the √ᾱ_{t−1} factor on the ε term that the paper's typeset eq. 2 drops.
+    z_to = √(ᾱ_to/ᾱ_from)·z + √ᾱ_to·(√(1/ᾱ_to − 1) − √(1/ᾱ_from − 1))·ε, the paper's eqs. 2–3 with the
+    √ᾱ_to factor on the ε term that its typeset eq. 2 drops (DDIM paper eq. 13; diffusers' step).
     """
-    z0 = (z - math.sqrt(1 - a_from) * eps) / math.sqrt(a_from)
-    return math.sqrt(a_to) * z0 + math.sqrt(1 - a_to) * eps
+    c_eps = math.sqrt(a_to) * (math.sqrt(1 / a_to - 1) - math.sqrt(1 / a_from - 1))
+    return torch.add(z * math.sqrt(a_to / a_from), eps, alpha=c_eps)
 
 
 def invert(model, z0: torch.Tensor, sched: Schedule) -> list[torch.Tensor]:

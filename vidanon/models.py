@@ -93,7 +93,7 @@ class GaussianModel:
     def __post_init__(self):
         from diffusers import DDIMScheduler
 
-        self._acp = DDIMScheduler(**self.scheduler_config).alphas_cumprod.to(self.device, torch.float64)
+        self._acp = DDIMScheduler(**self.scheduler_config).alphas_cumprod.double()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(x, 4)
@@ -102,8 +102,8 @@ class GaussianModel:
         return F.pixel_shuffle(z, 4)
 
     def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        a = self._acp[int(t)]
-        return (torch.sqrt(1 - a) * (z - torch.sqrt(a) * self.mean) / (a * self.std**2 + 1 - a)).to(z.dtype)
+        a = float(self._acp[int(t)])
+        return (z - math.sqrt(a) * self.mean) * (math.sqrt(1 - a) / (a * self.std**2 + 1 - a))
 
 
 class LatentDiffusion:

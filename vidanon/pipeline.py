@@ -1,0 +1,413 @@
+"""Video in, video out: anonymize every face, or restore chosen people with a key (DESIGN.md §1).
+
+Anonymizing runs in two passes over the file. Pass 1 decodes and detects every frame, keeping
+only the boxes; tracking then runs over the whole video, so gaps can be filled from both sides
+and every detection keeps a track. Pass 2 decodes again, crops and masks every face, runs the
+diffusion core in batches that gather faces across frames and tracks, pastes the faces back
+and encodes, with decoding and encoding in background threads so the core stays busy.
+Memory is bounded by a window of frames in flight, whatever the video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__, keys
+from .align import CROP_SIZE, crop_face, ffhq_affine, landmarks_in_crop, paste_face, restore_crop
+from .config import Config
+from .detect import make_detector
+from .diffusion import flip_faces
+from .errors import InputError, VidanonError
+from .manifest import FORMAT, VERSION, Manifest, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
+from .masks import FaceParser, landmark_mask, latent_mask, load_face_parser, paste_alpha
+from .models import latent_numel, load_model
+from .track import TrackerConfig, track_faces
+from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
+
+log = logging.getLogger(__name__)
+
+ALIGNMENT = "ffhq-5point-v1"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run did; the CLI's report is built from these."""
+
+    input: Path
+    output: Path
+    manifest: Path | None
+    frames: int
+    faces: int
+    tracks: int
+    seconds: float
+
+
+# --- face jobs and the batched core ------------------------------------------------------------
+
+
+@dataclass
+class FaceJob:
+    """One face of one frame on its way through the core."""
+
+    frame: int  # index into the window of frames in flight
+    track: int
+    affine: np.ndarray  # 2×3 frame -> crop
+    crop: np.ndarray  # (256, 256, 3) float32 in 0..255
+    mask: np.ndarray  # (h, w) bool latent mask
+    out: np.ndarray | None = None  # (256, 256, 3) uint8 after the core
+
+
+def run_core(model, jobs: list[FaceJob], signs: dict[int, np.ndarray], steps: int, batch_size: int) -> None:
+    """Run the key flip on every job, batch_size faces at a time (faces of any tracks share a batch)."""
+    for i in range(0, len(jobs), batch_size):
+        batch = jobs[i : i + batch_size]
+        x = torch.from_numpy(np.stack([j.crop for j in batch])).permute(0, 3, 1, 2) / 127.5 - 1
+        m = torch.from_numpy(np.stack([j.mask for j in batch]).astype(np.float32))
+        r = torch.from_numpy(np.stack([signs[j.track] for j in batch]))
+        if model.device.type == "cuda":
+            x, m, r = (t.pin_memory().to(model.device, non_blocking=True) for t in (x, m, r))
+        y = flip_faces(model, x, m, r, steps)
+        out = ((y.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        for job, face in zip(batch, out):
+            job.out = face
+
+
+def _prefetch(items: Iterable, depth: int) -> Iterator:
+    """Iterate `items` in a background thread (decoding overlaps the core); errors re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="vidanon-decode")
+    thread.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class _BackgroundWriter:
+    """Encodes in a thread so the core does not wait for x264; the first error surfaces on write/close."""
+
+    def __init__(self, writer: VideoWriter, depth: int = 8):
+        self.writer, self.q, self.error = writer, queue.Queue(maxsize=depth), None
+        self.thread = threading.Thread(target=self._work, daemon=True, name="vidanon-encode")
+        self.thread.start()
+
+    def _work(self):
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.write(*item)
+                except BaseException as e:
+                    self.error = e
+
+    def write(self, rgb: np.ndarray, pts: int | None) -> None:
+        if self.error:
+            raise self.error
+        self.q.put((rgb, pts))
+
+    def finish(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+
+def _process_frames(
+    frames: Iterator[Frame],
+    writer: VideoWriter,
+    faces_of: Callable[[Frame, int], list[FaceJob]],
+    alpha_of: Callable[[FaceJob], np.ndarray],
+    model,
+    signs: dict[int, np.ndarray],
+    cfg: Config,
+    batch_size: int,
+    bar: tqdm,
+) -> tuple[int, int]:
+    """Window of frames in flight: gather their faces, run the core, paste back, encode in order.
+
+    Returns (frames, faces) written."""
+    window: list[Frame] = []
+    jobs: list[FaceJob] = []
+    count = frames_done = 0
+    out = _BackgroundWriter(writer)
+
+    def flush():
+        nonlocal count, frames_done
+        run_core(model, jobs, signs, cfg.steps, batch_size)
+        by_frame: dict[int, list[FaceJob]] = {}
+        for job in jobs:
+            by_frame.setdefault(job.frame, []).append(job)
+        for k, frame in enumerate(window):
+            rgb = frame.rgb
+            for job in by_frame.get(k, ()):
+                rgb = paste_face(rgb, job.out, job.affine, alpha_of(job))
+            out.write(rgb, frame.pts)
+        count += len(jobs)
+        frames_done += len(window)
+        bar.update(len(window))
+        window.clear()
+        jobs.clear()
+
+    max_frames = max(2 * batch_size, 8)
+    try:
+        for frame in _prefetch(frames, depth=8):
+            jobs.extend(faces_of(frame, len(window)))
+            window.append(frame)
+            if len(jobs) >= batch_size or len(window) >= max_frames:
+                flush()
+        flush()
+    except BaseException:
+        out.q.put(None)
+        raise
+    out.finish()
+    return frames_done, count
+
+
+def _batch_size(cfg: Config, model) -> int:
+    return cfg.batch_size or (32 if model.device.type == "cuda" else 4)
+
+
+# --- anonymize ---------------------------------------------------------------------------------
+
+
+def _master(key) -> bytes:
+    if isinstance(key, bytes):
+        if len(key) not in keys.MASTER_SIZES:
+            raise VidanonError("master key must be 16 or 32 bytes")
+        return key
+    return keys.load_master_key(key)
+
+
+def _mask_for(crop: np.ndarray, lm_crop: np.ndarray, parser: FaceParser | None) -> tuple[np.ndarray, str]:
+    """Latent mask of one aligned face: the parser's when it sees the face, else the landmark template."""
+    template = landmark_mask(lm_crop)
+    if parser is not None:
+        parsed = parser(crop[None].astype(np.uint8))[0]
+        # A parser that misses most of a (blurry, tiny) CCTV face must not leave it un-anonymized.
+        if (parsed & template).sum() >= 0.5 * template.sum():
+            return latent_mask(parsed), "parser"
+    return latent_mask(template), "landmarks"
+
+
+def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True):
+    """Pass 1: detections for every frame, then tracks over the whole video. Returns (per-frame dets, pts)."""
+    detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+    per_frame, pts = [], []
+    with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar:
+        for frame in _prefetch(read_frames(path, info), depth=4):
+            per_frame.append(detector(frame.rgb))
+            pts.append(frame.pts)
+            bar.update()
+    tracked = track_faces(per_frame, TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
+    return tracked, pts
+
+
+def anonymize_video(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    key: bytes | str | os.PathLike,
+    config: Config = Config(),
+    *,
+    model=None,
+    detector=None,
+    progress: bool = True,
+) -> Result:
+    """Anonymize every face of `src` into `dst`, with the manifest `<dst stem>.vidanon.json` beside it.
+
+    key: the master key (bytes) or the path of a key file. `model`/`detector` may be passed in to
+    reuse them across files. Nothing is written under `dst` or its manifest's name unless the run completes.
+    """
+    t0 = time.monotonic()
+    src, dst, cfg = Path(src), Path(dst), config
+    master = _master(key)
+    info = probe(src)
+    model = model or load_model(cfg.model, device=cfg.device)
+    parser = None if cfg.mask == "landmarks" else load_face_parser(cfg.parser_weights, download=cfg.mask == "parser" or cfg.parser_weights is None)
+    if cfg.mask == "parser" and parser is None:
+        raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
+    tracked, pts = detect_and_track(src, info, cfg, detector, progress)
+
+    video_id = secrets.token_bytes(16)
+    n = latent_numel(model)
+    track_ids = sorted({int(t) for d in tracked for t in d.track_id})
+    tkeys = {t: keys.track_key(master, video_id, t) for t in track_ids}
+    signs = {t: keys.flip_signs(tkeys[t], n) for t in track_ids}
+    records: dict[int, list[dict]] = {t: [] for t in track_ids}
+    alphas: dict[int, np.ndarray] = {}
+    mask_methods: set[str] = set()
+
+    def faces_of(frame: Frame, slot: int) -> list[FaceJob]:
+        dets = tracked[frame.index] if frame.index < len(tracked) else tracked[0][:0]
+        jobs = []
+        for i in range(len(dets)):
+            tid = int(dets.track_id[i])
+            affine = ffhq_affine(dets.landmarks[i])
+            crop = crop_face(frame.rgb, affine)
+            mask, method = _mask_for(crop, landmarks_in_crop(dets.landmarks[i], affine), parser)
+            mask_methods.add(method)
+            job = FaceJob(slot, tid, affine, crop.astype(np.float32), mask)
+            alphas[id(job)] = paste_alpha(mask, feather=cfg.feather)
+            records[tid].append({
+                "frame": frame.index,
+                "pts": frame.pts,
+                "affine": affine.tolist(),
+                "box": [round(float(v), 2) for v in dets.xyxy[i]],
+                "score": round(float(dets.score[i]), 4),
+                "interpolated": bool(dets.interpolated[i]),
+                "sealed": seal_mask(tkeys[tid], video_id, tid, frame.index, mask),
+            })
+            jobs.append(job)
+        return jobs
+
+    batch = _batch_size(cfg, model)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
+        with tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, lambda j: alphas.pop(id(j)),
+                                            model, signs, cfg, batch, bar)
+        header = _header(info, cfg, model, video_id, sorted(mask_methods) or [cfg.mask], len(pts))
+        tracks = [_track_entry(t, records[t]) for t in track_ids]
+        manifest = Manifest(header, sign_tracks(header, tracks, tkeys))
+        # The manifest's final name is the mark of a complete output: rename the video first.
+        mpath = manifest_path(dst)
+        writer.close()
+    write_manifest(mpath, manifest)
+    return Result(src, dst, mpath, frames, faces, len(track_ids), time.monotonic() - t0)
+
+
+def _track_entry(tid: int, faces: list[dict]) -> dict:
+    return {"id": tid, "first_frame": faces[0]["frame"], "last_frame": faces[-1]["frame"],
+            "first_pts": faces[0]["pts"], "last_pts": faces[-1]["pts"], "faces": faces}
+
+
+def _header(info: VideoInfo, cfg: Config, model, video_id: bytes, mask_methods, frames: int) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "vidanon_version": __version__,
+        "video_id": video_id.hex(),
+        "video": {"width": info.width, "height": info.height, "frames": frames,
+                  "time_base": f"{info.time_base.numerator}/{info.time_base.denominator}", "fps": info.fps},
+        "model": {"name": model.name, "digest": model.digest, "latent_shape": list(model.latent_shape),
+                  "image_shape": list(model.image_shape)},
+        "diffusion": {"steps": cfg.steps, "sampler": "ddim-eta0", "scheduler": model.scheduler_config},
+        "crop": {"size": CROP_SIZE, "alignment": ALIGNMENT},
+        "mask": {"methods": list(mask_methods), "feather": cfg.feather},
+        "encoder": {"lossless": cfg.lossless, "crf": None if cfg.lossless else cfg.crf, "preset": cfg.preset},
+        "key_derivation": {"track": "hkdf-sha256/vidanon/track/v1", "flip": "shake256/vidanon/flip/v1",
+                           "seal": "aes-256-gcm/vidanon/seal/v1", "mac": "hmac-sha256/vidanon/manifest-mac/v1"},
+        "config": cfg.to_dict(),
+    }
+
+
+# --- restore -----------------------------------------------------------------------------------
+
+
+def _track_keys(manifest: Manifest, key, tracks: Sequence[int] | None) -> dict[int, bytes]:
+    """Track keys for the tracks to restore, from a master key (bytes/file) or a single-track key (TrackKey/file)."""
+    if isinstance(key, (str, os.PathLike)):
+        text = Path(key).read_text(errors="replace") if Path(key).is_file() else ""
+        key = keys.load_track_key(key) if text.startswith(keys.TRACK_PREFIX) else keys.load_master_key(key)
+    if isinstance(key, keys.TrackKey):
+        if key.video_id != manifest.video_id:
+            raise keys.WrongKeyError(f"this track key belongs to another video (video {key.video_id.hex()[:8]}…, not {manifest.video_id.hex()[:8]}…)")
+        if tracks and set(tracks) != {key.track_id}:
+            raise keys.WrongKeyError(f"this key restores track {key.track_id} only, not {', '.join(map(str, tracks))}")
+        return {key.track_id: key.key}
+    master = _master(key)
+    chosen = list(tracks) if tracks else [t["id"] for t in manifest.tracks]
+    return {t: keys.track_key(master, manifest.video_id, t) for t in chosen}
+
+
+def deanonymize_video(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    key,
+    tracks: Sequence[int] | None = None,
+    *,
+    manifest: str | os.PathLike | None = None,
+    config: Config | None = None,
+    model=None,
+    progress: bool = True,
+) -> Result:
+    """Restore the chosen tracks (all, with a master key) of an anonymized video into `dst`.
+
+    key: master key bytes, a keys.TrackKey, or the path of a master or track key file.
+    A wrong key fails with WrongKeyError before anything is written. Unselected faces stay anonymized.
+    """
+    t0 = time.monotonic()
+    src, dst = Path(src), Path(dst)
+    info = probe(src)
+    man = read_manifest(manifest or manifest_path(src))
+    tkeys = _track_keys(man, key, tracks)
+    for tid, tk in tkeys.items():
+        man.check_key(tid, tk)  # before any frame is written
+    stored = man.header["config"]
+    cfg = config or Config(**{**stored, "lossless": stored["lossless"]})
+    model = model or load_model(cfg.model if config else stored["model"], device=cfg.device)
+    if model.digest != man.header["model"]["digest"]:
+        log.warning("%s was made with model weights %s, restoring with %s: faces will not come back exactly",
+                    src, man.header["model"]["digest"], model.digest)
+    n = latent_numel(model)
+    signs = {t: keys.flip_signs(tk, n) for t, tk in tkeys.items()}
+    by_frame = man.faces_by_frame(tkeys)
+    steps, feather = man.header["diffusion"]["steps"], man.header["mask"]["feather"]
+    alphas: dict[int, np.ndarray] = {}
+
+    def faces_of(frame: Frame, slot: int) -> list[FaceJob]:
+        jobs = []
+        for tid, face in by_frame.get(frame.index, ()):
+            mask = unseal_mask(tkeys[tid], man.video_id, tid, face["frame"], face["sealed"], man.latent_hw)
+            affine = np.array(face["affine"], dtype=np.float64)
+            alpha = paste_alpha(mask, feather=feather)
+            job = FaceJob(slot, tid, affine, restore_crop(frame.rgb, affine, alpha), mask)
+            alphas[id(job)] = alpha
+            jobs.append(job)
+        return jobs
+
+    run_cfg = Config(**{**cfg.to_dict(), "steps": steps})
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
+        with tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, lambda j: alphas.pop(id(j)),
+                                            model, signs, run_cfg, _batch_size(cfg, model), bar)
+    return Result(src, dst, None, frames, faces, len(tkeys), time.monotonic() - t0)
+
+
+def inspect_video(path: str | os.PathLike) -> Manifest:
+    """The manifest of an anonymized video (or the manifest file itself)."""
+    path = Path(path)
+    return read_manifest(path if path.name.endswith(".vidanon.json") else manifest_path(path))
