@@ -332,11 +332,15 @@ def no_face_clip(path: str | Path, *, frames: int = 20, **kw) -> Clip:
 
 
 def large_faces_clip(path: str | Path, *, width: int = 960, height: int = 540, frames: int = 20, **kw) -> Clip:
-    """Two large faces (240 and 200 px high at 960x540) moving slowly apart: restoration round trips."""
+    """Two large faces (330 and 300 px high at 960x540) moving slowly apart: restoration round trips.
+
+    Large enough that each face's FFHQ alignment square on the frame exceeds the 256 px crop by ~1.3x,
+    so the pasted face holds every crop pixel and restoration is limited by the method, not by resampling.
+    """
     s = height / 540
     end = frames - 1
     movers = [
-        Mover(astronaut_sprite(240 * s), [(0, width * 0.3, height * 0.48), (end, width * 0.27, height * 0.5)]),
-        Mover(t1_sprite(3, 200 * s), [(0, width * 0.72, height * 0.5), (end, width * 0.75, height * 0.47)]),
+        Mover(astronaut_sprite(330 * s), [(0, width * 0.27, height * 0.5), (end, width * 0.25, height * 0.5)]),
+        Mover(t1_sprite(3, 300 * s), [(0, width * 0.73, height * 0.5), (end, width * 0.75, height * 0.49)]),
     ]
     return make_clip(path, width=width, height=height, frames=frames, sprites=movers, **kw)
