@@ -103,36 +103,47 @@ class GaussianModel:
 
     def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
         a = float(self._acp[int(t)])
-        return (z - math.sqrt(a) * self.mean) * (math.sqrt(1 - a) / (a * self.std**2 + 1 - a))
+        # computed in the model's dtype, as a network would be, so reduced precision shows in round trips
+        zd = z.to(self.dtype)
+        return ((zd - math.sqrt(a) * self.mean) * (math.sqrt(1 - a) / (a * self.std**2 + 1 - a))).float()
 
 
 class LatentDiffusion:
     """A diffusers UNet2DModel (ε-prediction) + VQModel pair."""
 
-    def __init__(self, unet, vqvae, scheduler_config: dict, *, name: str, digest: str, device, dtype):
-        self.unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        self.vqvae = vqvae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    def __init__(self, unet, vqvae, scheduler_config: dict, *, name: str, digest: str, device, dtype, compile: bool = False):
+        self.device, self.dtype = torch.device(device), dtype
+        # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions on GPUs.
+        self._fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.unet = unet.to(device=device, dtype=dtype, memory_format=self._fmt).eval().requires_grad_(False)
+        self.vqvae = vqvae.to(device=device, dtype=dtype, memory_format=self._fmt).eval().requires_grad_(False)
+        self._unet_call = torch.compile(self.unet, dynamic=False) if compile else self.unet
         self.scheduler_config = {k: scheduler_config[k] for k in SCHEDULER_KEYS if k in scheduler_config}
-        self.name, self.digest, self.device, self.dtype = name, digest, torch.device(device), dtype
+        self.name, self.digest = name, digest
         size = unet.config.sample_size
         size = size if isinstance(size, int) else size[0]
         self.latent_shape = (unet.config.in_channels, size, size)
         scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
         self.image_shape = (vqvae.config.in_channels, size * scale, size * scale)
+        self._timesteps: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         # quant_conv output, unquantized: the DDIM inversion starts from the encoder's continuous latent.
-        return self.vqvae.encode(x.to(self.dtype)).latents.float()
+        return self.vqvae.encode(x.to(self.dtype, memory_format=self._fmt)).latents.float()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         # VQModel.decode quantizes to the codebook by default; we keep the model's own behaviour.
-        return self.vqvae.decode(z.to(self.dtype)).sample.float()
+        return self.vqvae.decode(z.to(self.dtype, memory_format=self._fmt)).sample.float()
 
     @torch.no_grad()
     def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        return self.unet(z.to(self.dtype), t).sample.float()
+        # timestep tensors made once on the device: no host-to-device copy inside the step loop
+        tt = self._timesteps.get(int(t))
+        if tt is None:
+            tt = self._timesteps[int(t)] = torch.tensor(int(t), device=self.device)
+        return self._unet_call(z.to(self.dtype, memory_format=self._fmt), tt).sample.float()
 
 
 def _weights_digest(*folders: Path) -> str:
@@ -195,7 +206,8 @@ def fetch_model(name: str, *, download: bool = True) -> Path:
     return folder
 
 
-def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.dtype | None = None, download: bool = True):
+def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.dtype | None = None, download: bool = True,
+               compile: bool = False):
     """A hub id (optionally with a subfolder), a local diffusers folder, a known alias, or 'testing:gaussian'."""
     dev = pick_device(device)
     if name == "testing:gaussian":
@@ -217,7 +229,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.
     if sched.get("prediction_type", "epsilon") != "epsilon":
         raise ModelNotFoundError(f"model {name!r}: only ε-prediction models are supported, not {sched['prediction_type']!r}")
     digest = _weights_digest(folder / "unet", folder / "vqvae")
-    return LatentDiffusion(unet, vqvae, sched, name=name, digest=digest, device=dev, dtype=dtype)
+    return LatentDiffusion(unet, vqvae, sched, name=name, digest=digest, device=dev, dtype=dtype, compile=compile)
 
 
 def latent_numel(model) -> int:
