@@ -10,6 +10,7 @@ Memory is bounded by a window of frames in flight, whatever the video's length.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -222,6 +223,12 @@ def _mask_for(crop: np.ndarray, lm_crop: np.ndarray, parser: FaceParser | None) 
     return latent_mask(template), "landmarks"
 
 
+@functools.lru_cache(maxsize=2)
+def _face_parser(weights: str | None) -> FaceParser | None:
+    """Loaded (or its download tried) once per process, not once per file of a directory run."""
+    return load_face_parser(weights)
+
+
 def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True):
     """Pass 1: detections for every frame, then tracks over the whole video. Returns (per-frame dets, pts)."""
     detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
@@ -255,7 +262,7 @@ def anonymize_video(
     master = _master(key)
     info = probe(src)
     model = model or load_model(cfg.model, device=cfg.device)
-    parser = None if cfg.mask == "landmarks" else load_face_parser(cfg.parser_weights, download=cfg.mask == "parser" or cfg.parser_weights is None)
+    parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
     tracked, pts = detect_and_track(src, info, cfg, detector, progress)
