@@ -131,10 +131,11 @@ def test_streams_timing_and_audio_survive(scenarios):
     def streams(path):
         with av.open(str(path)) as c:
             v = c.streams.video[0]
+            tb = v.time_base
             pts = sorted(p.pts for p in c.demux(v) if p.size)
         with av.open(str(path)) as c:
             audio = [(p.pts, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
-        return pts, v.time_base, audio
+        return pts, tb, audio
 
     for clip, result in scenarios.values():
         pts_in, tb_in, audio_in = streams(clip.path)

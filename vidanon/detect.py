@@ -182,23 +182,24 @@ class Detector(Protocol):
     def __call__(self, rgb: np.ndarray) -> Detections: ...
 
 
-def onnx_providers(device: str = "auto") -> list[str]:
-    """Explicit onnxruntime providers for device "auto", "cuda" or "cpu".
+def onnx_providers(device: str = "auto") -> list:
+    """Explicit onnxruntime providers for device "auto", "cpu", "cuda" or "cuda:N".
 
     CUDA comes first when asked for (or "auto") and available; the CPU provider
     is always last so that operators CUDA lacks still run.
     """
     import onnxruntime
 
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cuda", "cpu") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    if device == "cuda" and not has_cuda:
+    if kind == "cuda" and not has_cuda:
         raise VidanonError(
             "onnxruntime has no CUDA provider: install onnxruntime-gpu (pip install 'vidanon[gpu]') or use --device cpu"
         )
-    if device != "cpu" and has_cuda:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if kind != "cpu" and has_cuda:
+        return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

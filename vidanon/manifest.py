@@ -107,6 +107,9 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # like the video beside it (mkstemp makes 0600)
         with os.fdopen(fd, "w") as f:
             json.dump(manifest.to_json(), f, separators=(",", ":"))
             f.flush()

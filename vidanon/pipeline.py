@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import __version__, keys
 from .align import CROP_SIZE, crop_face, ffhq_affine, landmarks_in_crop, paste_face, restore_crop
+from .config import FIELDS as CONFIG_FIELDS
 from .config import Config
 from .detect import make_detector
 from .diffusion import flip_faces
@@ -67,6 +68,7 @@ class FaceJob:
     affine: np.ndarray  # 2×3 frame -> crop
     crop: np.ndarray  # (256, 256, 3) float32 in 0..255
     mask: np.ndarray  # (h, w) bool latent mask
+    alpha: np.ndarray  # (256, 256) float32 paste weights
     out: np.ndarray | None = None  # (256, 256, 3) uint8 after the core
 
 
@@ -118,83 +120,47 @@ def _prefetch(items: Iterable, depth: int) -> Iterator:
         thread.join(timeout=5)
 
 
-class _BackgroundWriter:
-    """Encodes in a thread so the core does not wait for x264; the first error surfaces on write/close."""
-
-    def __init__(self, writer: VideoWriter, depth: int = 8):
-        self.writer, self.q, self.error = writer, queue.Queue(maxsize=depth), None
-        self.thread = threading.Thread(target=self._work, daemon=True, name="vidanon-encode")
-        self.thread.start()
-
-    def _work(self):
-        while (item := self.q.get()) is not None:
-            if self.error is None:
-                try:
-                    self.writer.write(*item)
-                except BaseException as e:
-                    self.error = e
-
-    def write(self, rgb: np.ndarray, pts: int | None) -> None:
-        if self.error:
-            raise self.error
-        self.q.put((rgb, pts))
-
-    def finish(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error:
-            raise self.error
-
-
-def _process_frames(
-    frames: Iterator[Frame],
-    writer: VideoWriter,
-    faces_of: Callable[[Frame, int], list[FaceJob]],
-    alpha_of: Callable[[FaceJob], np.ndarray],
-    model,
-    signs: dict[int, np.ndarray],
-    cfg: Config,
-    batch_size: int,
-    bar: tqdm,
-) -> tuple[int, int]:
-    """Window of frames in flight: gather their faces, run the core, paste back, encode in order.
-
-    Returns (frames, faces) written."""
+def _windows(frames: Iterable[Frame], faces_of: Callable[[Frame, int], list[FaceJob]], batch_size: int):
+    """Group frames into windows holding about one batch of faces (bounded: at most 2·batch_size frames)."""
     window: list[Frame] = []
     jobs: list[FaceJob] = []
-    count = frames_done = 0
-    out = _BackgroundWriter(writer)
+    for frame in frames:
+        jobs.extend(faces_of(frame, len(window)))
+        window.append(frame)
+        if len(jobs) >= batch_size or len(window) >= max(2 * batch_size, 8):
+            yield window, jobs
+            window, jobs = [], []
+    if window:
+        yield window, jobs
 
-    def flush():
-        nonlocal count, frames_done
-        run_core(model, jobs, signs, cfg.steps, batch_size)
+
+def _with_core(windows, model, signs: dict[int, np.ndarray], steps: int, batch_size: int):
+    for window, jobs in windows:
+        run_core(model, jobs, signs, steps, batch_size)
+        yield window, jobs
+
+
+def _process_frames(frames: Iterator[Frame], writer: VideoWriter, faces_of: Callable[[Frame, int], list[FaceJob]],
+                    model, signs: dict[int, np.ndarray], steps: int, batch_size: int, bar: tqdm) -> tuple[int, int]:
+    """Three stages in three threads, so the core never waits for the CPU work around it:
+    decode + crop + mask  ->  diffusion core  ->  paste back + encode (here), in frame order.
+    Each hand-over queue holds two windows, which bounds memory whatever the video's length.
+
+    Returns (frames, faces) written."""
+    prepared = _prefetch(_windows(_prefetch(frames, depth=8), faces_of, batch_size), depth=2)
+    n_frames = n_faces = 0
+    for window, jobs in _prefetch(_with_core(prepared, model, signs, steps, batch_size), depth=2):
         by_frame: dict[int, list[FaceJob]] = {}
         for job in jobs:
             by_frame.setdefault(job.frame, []).append(job)
         for k, frame in enumerate(window):
             rgb = frame.rgb
             for job in by_frame.get(k, ()):
-                rgb = paste_face(rgb, job.out, job.affine, alpha_of(job))
-            out.write(rgb, frame.pts)
-        count += len(jobs)
-        frames_done += len(window)
+                rgb = paste_face(rgb, job.out, job.affine, job.alpha)
+            writer.write(rgb, frame.pts)
+        n_frames, n_faces = n_frames + len(window), n_faces + len(jobs)
         bar.update(len(window))
-        window.clear()
-        jobs.clear()
-
-    max_frames = max(2 * batch_size, 8)
-    try:
-        for frame in _prefetch(frames, depth=8):
-            jobs.extend(faces_of(frame, len(window)))
-            window.append(frame)
-            if len(jobs) >= batch_size or len(window) >= max_frames:
-                flush()
-        flush()
-    except BaseException:
-        out.q.put(None)
-        raise
-    out.finish()
-    return frames_done, count
+    return n_frames, n_faces
 
 
 def _batch_size(cfg: Config, model) -> int:
@@ -273,7 +239,6 @@ def anonymize_video(
     tkeys = {t: keys.track_key(master, video_id, t) for t in track_ids}
     signs = {t: keys.flip_signs(tkeys[t], n) for t in track_ids}
     records: dict[int, list[dict]] = {t: [] for t in track_ids}
-    alphas: dict[int, np.ndarray] = {}
     mask_methods: set[str] = set()
 
     def faces_of(frame: Frame, slot: int) -> list[FaceJob]:
@@ -285,8 +250,7 @@ def anonymize_video(
             crop = crop_face(frame.rgb, affine)
             mask, method = _mask_for(crop, landmarks_in_crop(dets.landmarks[i], affine), parser)
             mask_methods.add(method)
-            job = FaceJob(slot, tid, affine, crop.astype(np.float32), mask)
-            alphas[id(job)] = paste_alpha(mask, feather=cfg.feather)
+            job = FaceJob(slot, tid, affine, crop.astype(np.float32), mask, paste_alpha(mask, feather=cfg.feather))
             records[tid].append({
                 "frame": frame.index,
                 "pts": frame.pts,
@@ -303,8 +267,7 @@ def anonymize_video(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
         with tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
-            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, lambda j: alphas.pop(id(j)),
-                                            model, signs, cfg, batch, bar)
+            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, cfg.steps, batch, bar)
         header = _header(info, cfg, model, video_id, sorted(mask_methods) or [cfg.mask], len(pts))
         tracks = [_track_entry(t, records[t]) for t in track_ids]
         manifest = Manifest(header, sign_tracks(header, tracks, tkeys))
@@ -382,9 +345,10 @@ def deanonymize_video(
     tkeys = _track_keys(man, key, tracks)
     for tid, tk in tkeys.items():
         man.check_key(tid, tk)  # before any frame is written
-    stored = man.header["config"]
-    cfg = config or Config(**{**stored, "lossless": stored["lossless"]})
-    model = model or load_model(cfg.model if config else stored["model"], device=cfg.device)
+    # the settings the video was made with (fields a newer vidanon added are ignored); the device is this machine's
+    stored = {k: v for k, v in man.header["config"].items() if k in CONFIG_FIELDS}
+    cfg = config or Config(**{**stored, "device": "auto"})
+    model = model or load_model(cfg.model, device=cfg.device)
     if model.digest != man.header["model"]["digest"]:
         log.warning("%s was made with model weights %s, restoring with %s: faces will not come back exactly",
                     src, man.header["model"]["digest"], model.digest)
@@ -392,7 +356,6 @@ def deanonymize_video(
     signs = {t: keys.flip_signs(tk, n) for t, tk in tkeys.items()}
     by_frame = man.faces_by_frame(tkeys)
     steps, feather = man.header["diffusion"]["steps"], man.header["mask"]["feather"]
-    alphas: dict[int, np.ndarray] = {}
 
     def faces_of(frame: Frame, slot: int) -> list[FaceJob]:
         jobs = []
@@ -400,17 +363,14 @@ def deanonymize_video(
             mask = unseal_mask(tkeys[tid], man.video_id, tid, face["frame"], face["sealed"], man.latent_hw)
             affine = np.array(face["affine"], dtype=np.float64)
             alpha = paste_alpha(mask, feather=feather)
-            job = FaceJob(slot, tid, affine, restore_crop(frame.rgb, affine, alpha), mask)
-            alphas[id(job)] = alpha
-            jobs.append(job)
+            jobs.append(FaceJob(slot, tid, affine, restore_crop(frame.rgb, affine, alpha), mask, alpha))
         return jobs
 
-    run_cfg = Config(**{**cfg.to_dict(), "steps": steps})
     dst.parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
         with tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
-            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, lambda j: alphas.pop(id(j)),
-                                            model, signs, run_cfg, _batch_size(cfg, model), bar)
+            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, steps,
+                                            _batch_size(cfg, model), bar)
     return Result(src, dst, None, frames, faces, len(tkeys), time.monotonic() - t0)
 
 

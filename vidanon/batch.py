@@ -1,0 +1,343 @@
+"""Directory runs: find the videos, plan their outputs, anonymize them one by one, report.
+
+Usable from Python without the CLI:
+
+    jobs = plan(["footage/"], "anon/")              # what would be done / skipped
+    report = run_batch(jobs, master_key, config)    # keeps going past a bad file
+    print(report.summary()); report.write("report.json"); sys.exit(report.exit_code)
+
+Resume: an output is complete when the video AND its manifest exist under their final names
+(the pipeline renames the video first and writes the manifest last, both atomically). A rerun
+skips complete outputs and redoes everything else. Before a file is redone its old manifest is
+moved aside, so a run killed halfway never leaves a new video beside an old manifest that looks
+complete; if the redo fails the old output is put back as it was. Stale hidden temp files of a
+killed run are removed before the file is redone.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+from .errors import InputError, VidanonError
+from .manifest import manifest_path
+from .video import output_suffix
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "avi", "m4v", "webm", "ts", "mts")
+DEFAULT_PATTERNS = tuple(f"*.{ext}" for ext in VIDEO_EXTENSIONS)
+
+# Status of one file: pending (to do), done, skipped (complete output already there),
+# failed (reason says why), interrupted (was running at Ctrl-C; nothing left under its final name).
+STATUSES = ("done", "skipped", "failed", "interrupted", "pending")
+
+
+@dataclass
+class FileJob:
+    """One input video, where its output goes, and (after the run) what happened to it."""
+
+    input: Path
+    output: Path
+    status: str = "pending"
+    reason: str = ""
+    frames: int = 0
+    faces: int = 0
+    tracks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def manifest(self) -> Path:
+        return manifest_path(self.output)
+
+    def to_dict(self) -> dict:
+        return {"input": str(self.input), "output": str(self.output), "manifest": str(self.manifest),
+                "status": self.status, "reason": self.reason, "frames": self.frames, "faces": self.faces,
+                "tracks": self.tracks, "seconds": round(self.seconds, 3)}
+
+
+def is_complete(output: str | os.PathLike) -> bool:
+    """Complete = video and manifest under their final names (the manifest is written last)."""
+    output = Path(output)
+    return output.is_file() and manifest_path(output).is_file()
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    # Case-insensitive: cameras write CLIP0001.MP4.
+    return any(fnmatch.fnmatchcase(name.lower(), p.lower()) for p in patterns)
+
+
+def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
+                patterns: Sequence[str] | None = None) -> list[tuple[Path, Path]]:
+    """(video, its path relative to outdir) for every input file and every matching file under input folders.
+
+    Folders are walked recursively in sorted order; hidden files and folders (names starting with
+    '.', which is also where partial outputs live) are left out, and so is `outdir` when it lies
+    inside an input folder. A file named on the command line is taken whatever its extension.
+    Raises InputError when an input is missing or `outdir` would put outputs beside their inputs.
+    """
+    patterns = tuple(patterns or DEFAULT_PATTERNS)
+    out_root = Path(outdir).resolve()
+    found: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()  # a file reached twice (named and inside a named folder) is done once
+
+    def add(path: Path, rel: Path) -> None:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            found.append((path, rel))
+
+    for item in inputs:
+        item = Path(item)
+        if not item.exists():
+            raise InputError(f"{item}: no such file or folder")
+        if item.is_dir():
+            if item.resolve() == out_root:
+                raise InputError(f"{outdir}: the output folder is the input folder {item}; "
+                                 "choose another -o so that outputs never sit beside (or over) their inputs")
+            for folder, subfolders, names in os.walk(item):
+                # Pruning in place keeps os.walk out of hidden folders and of our own output tree.
+                subfolders[:] = sorted(d for d in subfolders
+                                       if not d.startswith(".") and Path(folder, d).resolve() != out_root)
+                for name in sorted(names):
+                    path = Path(folder, name)
+                    if not name.startswith(".") and _matches(name, patterns) and path.is_file():
+                        add(path, path.relative_to(item))
+        else:
+            if item.resolve().parent == out_root:
+                raise InputError(f"{outdir}: the output folder holds the input {item}; "
+                                 "choose another -o so that outputs never sit beside (or over) their inputs")
+            add(item, Path(item.name))
+    return found
+
+
+def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *, lossless: bool = False,
+         patterns: Sequence[str] | None = None, overwrite: bool = False) -> list[FileJob]:
+    """The jobs of a run: output paths mirror each input tree under `outdir`; complete outputs are skipped.
+
+    Two inputs that would share an output or manifest name (a.mp4 and a.mov both make
+    a.vidanon.json) are not guessed apart: the later one fails with a reason.
+    """
+    outdir = Path(outdir)
+    videos = find_videos(inputs, outdir, patterns)
+    input_paths = {src.resolve() for src, _ in videos}
+    taken: dict[Path, FileJob] = {}
+    jobs = []
+    for src, rel in videos:
+        out = outdir / rel.with_suffix(output_suffix(src, lossless))
+        job = FileJob(src, out)
+        jobs.append(job)
+        clash = taken.get(out.resolve()) or taken.get(job.manifest.resolve())
+        if out.resolve() in input_paths or job.manifest.resolve() in input_paths:
+            job.status, job.reason = "failed", f"{out}: the output would overwrite an input"
+        elif clash is not None:
+            job.status, job.reason = "failed", (f"{src}: its output {out} (or manifest) would also be written for "
+                                                f"{clash.input}; rename one of them or run it on its own")
+        elif is_complete(out) and not overwrite:
+            job.status, job.reason = "skipped", "already done (video and manifest exist)"
+        elif out.exists() or job.manifest.exists():
+            job.reason = "redo: overwrite" if is_complete(out) else "redo: incomplete output of an earlier run"
+        taken.setdefault(out.resolve(), job)
+        taken.setdefault(job.manifest.resolve(), job)
+    return jobs
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _set_aside(job: FileJob) -> tuple[Path | None, tuple | None]:
+    """Before (re)doing a job: clear stale temps and move an old manifest off its final name.
+
+    The manifest marks an output complete, so it must not sit beside a new video that is renamed
+    in before the new manifest is written. It is kept aside, to be put back if the redo fails.
+    Returns (the set-aside manifest or None, the old video's identity).
+    """
+    folder = job.output.parent
+    if folder.is_dir():
+        # VideoWriter's temp is .<stem>.partial<suffix>; write_manifest's is .<name>.<random>.partial.
+        for stale in [*folder.glob(f".{job.output.stem}.partial*"), *folder.glob(f".{job.manifest.name}.*.partial"),
+                      *folder.glob(f".{job.manifest.name}.old")]:
+            stale.unlink(missing_ok=True)
+    aside = None
+    if job.manifest.exists():
+        aside = job.manifest.with_name(f".{job.manifest.name}.old")
+        os.replace(job.manifest, aside)
+    return aside, _stat(job.output)
+
+
+def _settle(job: FileJob, aside: Path | None, video_before: tuple | None) -> None:
+    """After a job (done, failed or interrupted): never leave a video without its manifest under final names."""
+    if job.status != "done" and aside is not None and _stat(job.output) == video_before:
+        os.replace(aside, job.manifest)  # the old output was not touched: it stays as it was
+        return
+    if aside is not None:
+        aside.unlink(missing_ok=True)
+    if job.status != "done" and job.output.exists() and not job.manifest.exists():
+        job.output.unlink()  # a video alone is not an output (e.g. stopped between the two renames)
+
+
+@dataclass
+class Report:
+    """What a run did, file by file; the CLI prints summary() and writes to_dict() as --report."""
+
+    files: list[FileJob]
+    config: dict | None = None
+    started: float = field(default_factory=time.time)
+    seconds: float = 0.0
+    interrupted: bool = False
+    dry_run: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(j.status == status for j in self.files)
+
+    @property
+    def exit_code(self) -> int:
+        """130 interrupted, 1 some file failed, 0 otherwise (skips are success)."""
+        if self.interrupted:
+            return 130
+        return 1 if self.count("failed") else 0
+
+    @property
+    def totals(self) -> dict:
+        counts = {s: self.count(s) for s in STATUSES}
+        return {"files": len(self.files), **counts, "frames": sum(j.frames for j in self.files),
+                "faces": sum(j.faces for j in self.files), "tracks": sum(j.tracks for j in self.files)}
+
+    def to_dict(self) -> dict:
+        return {
+            "vidanon_version": __version__,
+            "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(self.seconds, 3),
+            "dry_run": self.dry_run,
+            "interrupted": self.interrupted,
+            "exit_code": self.exit_code,
+            "totals": self.totals,
+            "config": self.config,
+            "files": [j.to_dict() for j in self.files],
+        }
+
+    def write(self, path: str | os.PathLike) -> None:
+        """The JSON report, written atomically (temp file in the same folder, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise VidanonError(f"{path}: cannot write the report ({e.strerror or e})") from None
+
+    def summary(self) -> str:
+        """A table, one line per file, then the totals."""
+        t = self.totals
+        parts = [f"{t[s]} {'to do' if s == 'pending' and self.dry_run else s}" for s in STATUSES if t[s]]
+        total = (f"{len(self.files)} file(s): {', '.join(parts) or 'nothing to do'}; "
+                 f"{t['faces']} faces in {t['tracks']} tracks over {t['frames']} frames; {self.seconds:.1f} s")
+        if not self.files:
+            return total
+        rows = [("status", "file", "faces", "tracks", "time", "output / reason")]
+        for j in self.files:
+            ran = j.status == "done"
+            if ran or (self.dry_run and j.status == "pending"):
+                note = f"{j.output} ({j.reason})" if j.reason and not ran else str(j.output)
+            else:
+                note = j.reason
+            status = "todo" if self.dry_run and j.status == "pending" else j.status
+            rows.append((status, str(j.input), str(j.faces) if ran else "-", str(j.tracks) if ran else "-",
+                         f"{j.seconds:.1f}s" if ran else "-", note))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        right = {2, 3, 4}
+        lines = ["  ".join((c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths)))
+                 + "  " + r[5] for r in rows]
+        lines.append(total)
+        return "\n".join(line.rstrip() for line in lines)
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM turned into it) during run_batch; `.report` says what was done."""
+
+    def __init__(self, report: Report):
+        super().__init__("interrupted")
+        self.report = report
+
+
+def run_batch(
+    jobs: list[FileJob],
+    key: bytes,
+    config: Config = Config(),
+    *,
+    model=None,
+    detector=None,
+    progress: bool = True,
+    on_file: Callable[[FileJob], None] | None = None,
+) -> Report:
+    """Anonymize the pending jobs in order, loading the model and detector once (only if there is work).
+
+    A file that fails is recorded with its reason and the run goes on. Errors that concern the whole
+    run (model not found, no GPU) are raised before any file. On KeyboardInterrupt the file in
+    progress is marked interrupted (nothing is left under its final name) and BatchInterrupted,
+    carrying the report, is raised. `on_file` is called after each file (for per-file output).
+    """
+    from tqdm import tqdm
+
+    report = Report(jobs, config.to_dict())
+    todo = [j for j in jobs if j.status == "pending"]
+    t0 = time.monotonic()
+    current: FileJob | None = None
+    bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress or not todo, position=0)
+    try:
+        if todo:  # torch and the models only when there is work: a rerun that skips everything is instant
+            from .detect import make_detector
+            from .models import load_model
+            from .pipeline import anonymize_video
+
+            model = model or load_model(config.model, device=config.device)
+            detector = detector or make_detector(config.detector, threshold=config.threshold,
+                                                 device=config.device, min_face=config.min_face)
+        for job in todo:
+            current = job
+            aside = video_before = None
+            try:
+                aside, video_before = _set_aside(job)
+                result = anonymize_video(job.input, job.output, key, config, model=model, detector=detector,
+                                         progress=progress)
+            except VidanonError as e:
+                job.status, job.reason = "failed", str(e)
+                log.debug("%s failed", job.input, exc_info=True)
+            except Exception as e:  # a bug or an odd file: record it, keep going; -v shows the traceback
+                job.status, job.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+                log.info("%s failed with an unexpected error", job.input, exc_info=True)
+            else:
+                job.status, job.reason = "done", ""
+                job.frames, job.faces, job.tracks, job.seconds = result.frames, result.faces, result.tracks, result.seconds
+            finally:  # also on Ctrl-C
+                _settle(job, aside, video_before)
+            current = None
+            bar.update()
+            if on_file:
+                on_file(job)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        if current is not None and current.status == "pending":
+            current.status, current.reason = "interrupted", "interrupted; will be redone by the next run"
+        for job in todo:
+            if job.status == "pending":
+                job.reason = "not started"
+        raise BatchInterrupted(report) from None
+    finally:
+        bar.close()
+        report.seconds = time.monotonic() - t0
+    return report

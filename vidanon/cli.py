@@ -1,0 +1,532 @@
+"""The `vidanon` command: a thin argparse layer over batch, pipeline, keys and contact_sheet.
+
+It parses arguments, builds the Config (defaults < --config FILE < flags), calls the library and
+prints. Heavy modules (torch, diffusers) are imported only by the commands that need them, so
+`--help`, `keygen`, `inspect` and `export-key` answer at once.
+
+Exit codes: 0 success (skipped files count as success), 1 some file failed, 2 usage errors and
+errors that stop a run before any file (bad key file, model not found, bad config), 130 interrupted
+(Ctrl-C or SIGTERM). Errors are one line, `vidanon: error: <message>`; -v adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__, batch, keys
+from .config import FIELDS, Config, load_config
+from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
+from .errors import InputError, ModelNotFoundError, VidanonError
+from .manifest import SUFFIX, Manifest, manifest_path, read_manifest
+
+log = logging.getLogger("vidanon")
+D = Config()  # the defaults shown in --help
+
+KEY_WARNING = ("Keep it safe and private: whoever holds it can restore every face of every video anonymized "
+               "with it, and without it no face can ever be restored. Keep an offline backup.")
+
+
+# --- output helpers ----------------------------------------------------------------------------
+
+
+def _err(message: str) -> None:
+    print(f"vidanon: error: {message}", file=sys.stderr)
+
+
+def _info(args, message: str) -> None:
+    """Progress chatter on stderr (stdout stays for results); silent with -q."""
+    if not args.quiet:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines through tqdm.write so they do not break the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+class _Lowercase(logging.Formatter):
+    """`vidanon: warning: ...`, like the error lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    handler = _TqdmHandler()
+    fmt = "vidanon: %(levelname)s: %(message)s" if verbose == 0 else "%(name)s: %(levelname)s: %(message)s"
+    handler.setFormatter(_Lowercase(fmt))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_keygen(args) -> int:
+    keys.save_master_key(args.output, keys.generate_master_key())  # refuses an existing file
+    print(f"wrote a new master key to {args.output} (mode 0600)")
+    print(KEY_WARNING, file=sys.stderr)
+    return 0
+
+
+def _config_from_args(args) -> Config:
+    flags = {name: getattr(args, name, None) for name in FIELDS}
+    return load_config(args.config, **flags)
+
+
+def cmd_anonymize(args) -> int:
+    cfg = _config_from_args(args)
+    master = keys.load_master_key(args.key_file)  # a bad key stops the run before any file
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: exists and is not a folder")
+    jobs = batch.plan(args.inputs, outdir, lossless=cfg.lossless, patterns=args.glob, overwrite=args.overwrite)
+    if not jobs:
+        log.warning("no video files found in %s (looked for %s)", ", ".join(args.inputs),
+                    " ".join(args.glob or batch.DEFAULT_PATTERNS))
+    if args.dry_run:
+        report = batch.Report(jobs, cfg.to_dict(), dry_run=True)
+        print(report.summary())
+        if args.report:
+            report.write(args.report)
+        return report.exit_code
+
+    def on_file(job) -> None:
+        if job.status == "done":
+            _info(args, f"done: {job.input} -> {job.output} ({job.faces} faces, {job.tracks} tracks, {job.seconds:.1f} s)")
+        else:  # most reasons already start with the file's name
+            reason = job.reason if job.reason.startswith(str(job.input)) else f"{job.input}: {job.reason}"
+            _info(args, f"{job.status}: {reason}")
+
+    for job in jobs:
+        if job.status != "pending":
+            on_file(job)
+    try:
+        report = batch.run_batch(jobs, master, cfg, progress=not args.quiet, on_file=on_file)
+    except batch.BatchInterrupted as stop:
+        report = stop.report
+        print(report.summary())
+        _err("interrupted: nothing partial is left under a final output name; "
+             "run the same command again to do the rest (finished files are skipped)")
+    else:
+        print(report.summary())
+    if args.report:
+        report.write(args.report)
+    return report.exit_code
+
+
+def _read_manifest_of(path: str) -> tuple[Path, Manifest]:
+    """(video, manifest) for a video or for its manifest file (like pipeline.inspect_video, without importing torch)."""
+    path = Path(path)
+    if not path.name.endswith(SUFFIX):
+        return path, read_manifest(manifest_path(path))
+    stem = path.name[: -len(SUFFIX)]
+    videos = sorted(p for p in path.parent.glob(glob.escape(stem) + ".*") if p.suffix != ".json" and p.is_file())
+    return (videos[0] if videos else path.with_name(stem + ".mp4")), read_manifest(path)
+
+
+def cmd_inspect(args) -> int:
+    from .contact_sheet import track_rows, write_contact_sheet
+
+    video, man = _read_manifest_of(args.video)
+    rows = track_rows(man)
+    h = man.header
+    if args.json:
+        print(json.dumps({"video": str(video), "video_id": h["video_id"], **h["video"],
+                          "model": h["model"]["name"], "steps": h["diffusion"]["steps"], "tracks": rows}, indent=2))
+    else:
+        v = h["video"]
+        print(f"{video}: {v['width']}x{v['height']}, {v['frames']} frames, {len(rows)} track(s); "
+              f"model {h['model']['name']}, {h['diffusion']['steps']} steps")
+        table = [("track", "first", "last", "frames", "face px (mean w x h)")]
+        table += [(str(r["id"]), r["first_time"], r["last_time"], str(r["frames"]),
+                   f"{r['mean_width']:.0f} x {r['mean_height']:.0f}") for r in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(5)]
+        for r in table:
+            print("  ".join(c.rjust(w) if i in (0, 3) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    if args.contact_sheet:
+        if not video.is_file():
+            raise InputError(f"{video}: the anonymized video is needed for a contact sheet; pass the video, not its manifest")
+        write_contact_sheet(video, args.contact_sheet, man)
+        _info(args, f"wrote the contact sheet to {args.contact_sheet}")
+    return 0
+
+
+def cmd_export_key(args) -> int:
+    video, man = _read_manifest_of(args.video)
+    master = keys.load_master_key(args.key_file)
+    man.track(args.track)  # the track must exist
+    tk = keys.track_key(master, man.video_id, args.track)
+    man.check_key(args.track, tk)  # the master key must be the one this video was made with
+    keys.save_track_key(args.output, keys.TrackKey(man.video_id, args.track, tk))
+    print(f"wrote the key of track {args.track} of {video} to {args.output} (mode 0600)")
+    print("It restores that one person in this one video and nothing else; give it only to who may see them.",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_deanonymize(args) -> int:
+    src = Path(args.video)
+    # Load the key first: a bad key file is the commonest mistake and needs no model.
+    key = keys.load_master_key(args.key_file) if args.key_file else keys.load_track_key(args.track_key)
+    man = read_manifest(manifest_path(src))
+    outdir = Path(args.output)
+    dst = outdir / src.name
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: exists and is not a folder")
+    if dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: the output would overwrite the input; choose another -o")
+    if dst.exists() and not args.overwrite:
+        raise InputError(f"{dst}: already exists (use --overwrite to replace it)")
+    if not isinstance(key, keys.TrackKey):
+        # A wrong master key is answered at once, before torch and the model load (the pipeline checks again).
+        for tid in args.track or [t["id"] for t in man.tracks]:
+            man.check_key(tid, keys.track_key(key, man.video_id, tid))
+    stored = {k: v for k, v in man.header["config"].items() if k in FIELDS}
+    flags = {k: getattr(args, k) for k in ("model", "device", "batch_size") if getattr(args, k) is not None}
+    cfg = Config(**{**stored, "device": "auto", **flags})  # the machine restoring may not be the one that anonymized
+    from .pipeline import deanonymize_video
+
+    result = deanonymize_video(src, dst, key, args.track or None, config=cfg, progress=not args.quiet)
+    print(f"restored {result.faces} faces of {result.tracks} track(s) into {dst} ({result.seconds:.1f} s)")
+    print("The output shows real faces: handle it as personal data.", file=sys.stderr)
+    return 0
+
+
+def _model_rows() -> list[tuple[str, str, str, str, str]]:
+    from . import masks
+    from .models import KNOWN_MODELS, fetch_model
+
+    rows = []
+    for alias, m in KNOWN_MODELS.items():
+        if not m.repo:
+            cached = "built in"
+        else:
+            try:
+                cached = f"yes ({fetch_model(alias, download=False)})"
+            except ModelNotFoundError:
+                cached = "no"
+        rows.append((alias, f"{m.repo}{'/' + m.subfolder if m.subfolder else ''}" or "-", m.licence, cached, m.about))
+    parser = masks.cache_dir() / Path(masks.PARSER_URL).name
+    rows.append(("face-parser", "yakhyo/face-parsing (GitHub release resnet18.onnx)", "MIT",
+                 f"yes ({parser})" if parser.is_file() else "no",
+                 "BiSeNet face parsing for --mask auto/parser (else landmark masks)"))
+    return rows
+
+
+def cmd_models(args) -> int:
+    if args.action == "pull":
+        return _pull(args.name)
+    table = [("name", "source", "licence", "cached", "about")] + _model_rows()
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    print("\nFetch one with `vidanon models pull NAME` (needs the network once; runs offline afterwards).")
+    return 0
+
+
+def _pull(name: str) -> int:
+    if name == "face-parser":
+        from . import masks
+
+        if masks.load_face_parser(download=True) is None:
+            raise ModelNotFoundError(f"could not download the face-parsing weights from {masks.PARSER_URL}; "
+                                     f"download resnet18.onnx by hand into {masks.cache_dir()} or pass --parser-weights")
+        print(f"face-parser is in the cache: {masks.cache_dir()}")
+        return 0
+    from huggingface_hub import constants
+
+    from .models import fetch_model, resolve_model_name
+
+    if name == "testing:gaussian":
+        print("testing:gaussian is built in; nothing to fetch")
+        return 0
+    repo, subfolder, local = resolve_model_name(name)
+    source = f"{repo}{'/' + subfolder if subfolder else ''}"
+    if local is None and constants.HF_HUB_OFFLINE:
+        raise ModelNotFoundError(f"cannot fetch model {name!r} ({source}): Hugging Face offline mode is on "
+                                 "(HF_HUB_OFFLINE=1); pull it on a connected machine and copy the cache "
+                                 f"({constants.HF_HUB_CACHE}), or pass a local diffusers folder with --model")
+    try:
+        folder = fetch_model(name, download=True)
+    except ModelNotFoundError:
+        raise ModelNotFoundError(f"could not download model {name!r} ({source}) into {constants.HF_HUB_CACHE}: "
+                                 "no network or no access; pull it on a connected machine and copy the cache, "
+                                 "or pass a local diffusers folder with --model") from None
+    print(f"{name} is in the cache: {folder}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    ok = True
+
+    def row(name: str, value: str) -> None:
+        print(f"{name:<24} {value}")
+
+    def check(name: str, fn, essential: bool = True) -> None:
+        nonlocal ok
+        try:
+            row(name, fn())
+        except Exception as e:  # doctor reports whatever is broken, it never stops on it
+            row(name, f"PROBLEM: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            ok = ok and not essential
+
+    row("vidanon", __version__)
+    row("python", f"{sys.version.split()[0]} ({sys.executable})")
+
+    def torch_info():
+        import torch
+
+        return torch.__version__
+
+    def cuda_info():
+        import torch
+
+        if torch.cuda.is_available():
+            return f"yes: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+        return "no: CPU only (about 140 s per face at 50 steps; use a GPU for real work)"
+
+    def ort_info():
+        import onnxruntime
+
+        from .detect import onnx_providers
+
+        return (f"{onnxruntime.__version__}; available {', '.join(onnxruntime.get_available_providers())}; "
+                f"detector uses {', '.join(p if isinstance(p, str) else p[0] for p in onnx_providers('auto'))}")
+
+    def av_info():
+        import av
+
+        return f"{av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))})"
+
+    def encoder(name: str):
+        def probe():
+            import av
+
+            av.codec.Codec(name, "w")
+            return "yes"
+        return probe
+
+    def centerface():
+        from .detect import _centerface_path
+
+        return f"yes ({_centerface_path()})"
+
+    def hf_cache():
+        from huggingface_hub import constants
+
+        return f"{constants.HF_HUB_CACHE}{' (offline mode)' if constants.HF_HUB_OFFLINE else ''}"
+
+    check("torch", torch_info)
+    check("CUDA", cuda_info)
+    check("onnxruntime", ort_info)
+    check("PyAV", av_info)
+    for name in ("libx264", "libx264rgb", "aac"):
+        check(f"encoder {name}", encoder(name))
+    check("CenterFace ONNX", centerface)
+    row("SCRFD", "optional; " + SCRFD_LICENCE_NOTE)
+    check("HF cache", hf_cache, essential=False)
+    try:
+        for name, _, _, cached, _ in _model_rows():
+            row(f"model {name}" if name != "face-parser" else "face parser",
+                cached if cached != "no" else f"not cached: run `vidanon models pull {name}`")
+    except Exception as e:
+        row("models", f"PROBLEM: {type(e).__name__}: {e}")
+        ok = False
+    print("\nall essentials are in place" if ok else "\nsome essentials are missing (see PROBLEM above)")
+    return 0 if ok else 1
+
+
+# --- the parser --------------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    # On the top parser and on each command; SUPPRESS keeps a command's default from hiding `vidanon -v cmd`.
+    default = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("-v", "--verbose", action="count", help="more detail (-vv: debug); tracebacks on errors",
+                        **({"default": 0} if top else default))
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-file lines",
+                        **({"default": False} if top else default))
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each paragraph line; keeps lines that start with two spaces (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n".join(indent + line if not line or line.startswith("  ") else fill(line, width, indent)
+                         for line in text.splitlines())
+
+
+def _model_options(p: argparse.ArgumentParser, restore: bool = False) -> None:
+    model_default = "the model recorded in the manifest" if restore else D.model
+    p.add_argument("--model", metavar="NAME",
+                   help="diffusion model: an alias (see `vidanon models`), a hub id owner/repo[/subfolder], "
+                        f"a local diffusers folder, or testing:gaussian (no realistic faces) (default: {model_default})")
+    p.add_argument("--device", metavar="DEV", help=f"auto, cpu, cuda or cuda:N (default: {D.device})")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"faces per diffusion batch; 0 = auto: 32 on GPU, 4 on CPU (default: {D.batch_size})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _Formatter
+    parser = argparse.ArgumentParser(
+        prog="vidanon", formatter_class=fmt,
+        description="Anonymize faces in video so that a key holder can restore one person at a time.",
+        epilog="typical use:\n"
+               "  vidanon keygen -o case.key\n"
+               "  vidanon anonymize footage/ -o anon/ --key-file case.key\n"
+               "  vidanon inspect anon/cam1.mp4 --contact-sheet cam1.png\n"
+               "  vidanon export-key anon/cam1.mp4 --key-file case.key --track 7 -o track7.key\n"
+               "  vidanon deanonymize anon/cam1.mp4 --track-key track7.key -o restored/\n")
+    parser.add_argument("--version", action="version", version=f"vidanon {__version__}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("keygen", help="make a new master key file", formatter_class=fmt,
+                       description="Write a new random 256-bit master key to FILE (mode 0600). "
+                                   "Refuses to overwrite an existing file. The key is never printed.")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the key (must not exist)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("anonymize", help="anonymize every face of videos and folders of videos", formatter_class=fmt,
+                       description="Anonymize every face of each INPUT (a video, or a folder searched recursively). "
+                                   "The output tree mirrors each input under OUTDIR; each output video gets its "
+                                   f"manifest <stem>{SUFFIX} beside it. Complete outputs are skipped on a rerun, "
+                                   "so an interrupted run is finished by running the same command again.",
+                       epilog="settings: defaults < --config FILE < flags; see configs/default.yaml.\n"
+                              "exit codes:\n  0 all done or skipped, 1 some file failed, 2 nothing could start, 130 interrupted")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files and folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (not an input folder)")
+    p.add_argument("--key-file", required=True, metavar="FILE", help="master key file (make one with `vidanon keygen`)")
+    p.add_argument("--glob", action="append", metavar="PATTERN",
+                   help="file name pattern to pick in folders, repeatable, case-insensitive "
+                        f"(default: {' '.join(batch.DEFAULT_PATTERNS)})")
+    _model_options(p)
+    p.add_argument("--steps", type=int, metavar="N",
+                   help=f"DDIM steps; fewer is faster, restoration fidelity falls with fewer (default: {D.steps})")
+    p.add_argument("--detector", choices=DETECTOR_NAMES,
+                   help=f"face detector: centerface (offline, MIT) or scrfd; {SCRFD_LICENCE_NOTE} (default: {D.detector})")
+    p.add_argument("--threshold", type=float, metavar="X",
+                   help="detector score threshold (default: the detector's own, tuned for recall)")
+    p.add_argument("--min-face", type=int, metavar="PX", help=f"smallest face height to find, px (default: {D.min_face})")
+    p.add_argument("--mask", choices=("auto", "parser", "landmarks"),
+                   help="face mask: auto = face parser when its weights are cached, else landmarks "
+                        f"(default: {D.mask})")
+    p.add_argument("--parser-weights", metavar="FILE", help="BiSeNet face-parsing ONNX file (default: the user cache)")
+    p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
+                   help="lossless RGB H.264 (libx264rgb qp 0) for evidential archives "
+                        f"(default: {'yes' if D.lossless else 'no, H.264 at --crf'})")
+    p.add_argument("--crf", type=int, metavar="N", help=f"H.264 quality when not lossless, 0-51 (default: {D.crf})")
+    p.add_argument("--preset", metavar="NAME", help=f"x264 preset (default: {D.preset})")
+    p.add_argument("--config", metavar="FILE", help="YAML settings file (default: none; built-in defaults)")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete (default: skip them)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be done and skipped; write no video or manifest")
+    p.add_argument("--report", metavar="FILE", help="also write the summary as JSON to FILE (default: none)")
+    _common(p)
+    p.set_defaults(func=cmd_anonymize)
+
+    p = sub.add_parser("inspect", help="list the tracks of an anonymized video; contact sheet", formatter_class=fmt,
+                       description="Read the manifest of an anonymized VIDEO and list its tracks (id, first and "
+                                   "last time, frames, mean face size). --contact-sheet draws each track's "
+                                   "anonymized face at up to 4 moments, so a track can be told apart without "
+                                   "seeing a real face.")
+    p.add_argument("video", metavar="VIDEO", help=f"anonymized video (or its {SUFFIX} manifest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (default: a table)")
+    p.add_argument("--contact-sheet", metavar="PNG", help="also write the contact sheet picture (default: none)")
+    _common(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("export-key", help="write the key of one person (track) of one video", formatter_class=fmt,
+                       description="Derive the key of track ID of VIDEO from the master key and write it to "
+                                   "TRACKKEY (mode 0600). It restores that track of that video and nothing else.")
+    p.add_argument("video", metavar="VIDEO", help="anonymized video")
+    p.add_argument("--key-file", required=True, metavar="FILE", help="master key file the video was made with")
+    p.add_argument("--track", required=True, type=int, metavar="ID", help="track id (see `vidanon inspect`)")
+    p.add_argument("-o", "--output", required=True, metavar="TRACKKEY", help="where to write the track key (must not exist)")
+    _common(p)
+    p.set_defaults(func=cmd_export_key)
+
+    p = sub.add_parser("deanonymize", help="restore all or chosen people of an anonymized video", formatter_class=fmt,
+                       description="Restore the faces of an anonymized VIDEO into OUTDIR/<name>: all tracks with "
+                                   "the master key, or the chosen --track(s); a track key restores its one track. "
+                                   "Other faces stay anonymized. A wrong key is refused before anything is written.")
+    p.add_argument("video", metavar="VIDEO", help="anonymized video (its manifest must lie beside it)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key-file", metavar="FILE", help="master key file")
+    which.add_argument("--track-key", metavar="FILE", help="single-track key file (from `vidanon export-key`)")
+    p.add_argument("--track", type=int, action="append", metavar="ID",
+                   help="track to restore, repeatable (default: all tracks the key opens)")
+    _model_options(p, restore=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
+    _common(p)
+    p.set_defaults(func=cmd_deanonymize)
+
+    p = sub.add_parser("doctor", help="check the installation: GPU, encoders, models", formatter_class=fmt,
+                       description="Report versions, GPU, encoders and which models are cached, offline.")
+    _common(p)
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("models", help="list the known models; `models pull NAME` fetches one", formatter_class=fmt,
+                       description="List the known models with source, licence and whether they are cached.")
+    msub = p.add_subparsers(dest="action", metavar="ACTION")
+    pull = msub.add_parser("pull", help="download a model into the cache", formatter_class=fmt,
+                           description="Download model NAME (or face-parser) into the local cache.")
+    pull.add_argument("name", metavar="NAME", help="a name from `vidanon models`, or a hub id owner/repo[/subfolder]")
+    _common(pull)
+    _common(p)
+    p.set_defaults(func=cmd_models, action=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", 0)
+    _setup_logging(verbose, args.quiet)
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill stops like Ctrl-C: temps cleaned, summary printed
+    except ValueError:  # not the main thread (main() called from a worker): leave signals alone
+        pass
+    try:
+        return args.func(args)
+    except VidanonError as e:
+        if verbose:
+            traceback.print_exc()
+        _err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:  # `vidanon ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:
+        if verbose:
+            traceback.print_exc()
+        _err(f"{type(e).__name__}: {e}".splitlines()[0] + ("" if verbose else " (run with -v for the traceback)"))
+        return 1
