@@ -84,7 +84,7 @@ def core_alone(args, batch: int, faces: int) -> float:
     """faces/s of the core alone on the same model and batch size (no video, no detection)."""
     import torch
 
-    from bench_core import inputs, sync, timed
+    from bench_core import inputs, timed
     from vidanon.diffusion import flip_faces
     from vidanon.models import load_model
 
