@@ -236,3 +236,17 @@ def test_non_binary_mask_and_bad_signs_are_refused():
         diffusion.anonymize_faces(GAUSS, x, torch.full((1, 64, 64), 0.5), r, steps=2)
     with pytest.raises(ValueError, match="±1"):
         diffusion.anonymize_faces(GAUSS, x, torch.ones(1, 64, 64), r * 2, steps=2)
+
+
+def test_compiled_unet_gives_the_same_faces():
+    """--compile (torch.compile of the UNet) is a speed option only: same faces within float tolerance."""
+    eager = LatentDiffusion(*tiny_models(), COMPVIS_SCHEDULER, name="t", digest="-", device="cpu", dtype=torch.float32)
+    compiled = LatentDiffusion(*tiny_models(), COMPVIS_SCHEDULER, name="t", digest="-", device="cpu",
+                               dtype=torch.float32, compile=True)
+    torch.manual_seed(6)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    m = torch.zeros(2, 16, 16)
+    m[:, 4:12, 4:12] = 1
+    r = signs_for(eager, [0, 1])
+    assert torch.allclose(diffusion.anonymize_faces(eager, x, m, r, steps=3),
+                          diffusion.anonymize_faces(compiled, x, m, r, steps=3), atol=1e-4)

@@ -304,7 +304,7 @@ def run_batch(
             from .models import load_model
             from .pipeline import anonymize_video
 
-            model = model or load_model(config.model, device=config.device)
+            model = model or load_model(config.model, device=config.device, compile=config.compile)
             detector = detector or make_detector(config.detector, threshold=config.threshold,
                                                  device=config.device, min_face=config.min_face)
         for job in todo:

@@ -388,6 +388,8 @@ def _model_options(p: argparse.ArgumentParser, restore: bool = False) -> None:
                    help="diffusion model: an alias (see `vidanon models`), a hub id owner/repo[/subfolder], "
                         f"a local diffusers folder, or testing:gaussian (no realistic faces) (default: {model_default})")
     p.add_argument("--device", metavar="DEV", help=f"auto, cpu, cuda or cuda:N (default: {D.device})")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"torch.compile the UNet, for long GPU runs (default: {'yes' if D.compile else 'no'})")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help=f"faces per diffusion batch; 0 = auto: 32 on GPU, 4 on CPU (default: {D.batch_size})")
 

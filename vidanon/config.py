@@ -21,6 +21,7 @@ class Config:
     steps: int = 50  # DDIM steps for inversion and denoising (paper: 50)
     batch_size: int = 0  # faces per diffusion batch; 0 = auto (32 on GPU, 4 on CPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the UNet (GPU: faster after a one-off compile per batch shape)
     detector: str = "centerface"  # centerface (offline, MIT) | scrfd (insightface, non-commercial licence)
     threshold: float | None = None  # detector score threshold; None = the detector's own default
     min_face: int = 20  # smallest face height in pixels the detector is run to find

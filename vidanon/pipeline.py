@@ -227,7 +227,7 @@ def anonymize_video(
     src, dst, cfg = Path(src), Path(dst), config
     master = _master(key)
     info = probe(src)
-    model = model or load_model(cfg.model, device=cfg.device)
+    model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
     parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
@@ -348,7 +348,7 @@ def deanonymize_video(
     # the settings the video was made with (fields a newer vidanon added are ignored); the device is this machine's
     stored = {k: v for k, v in man.header["config"].items() if k in CONFIG_FIELDS}
     cfg = config or Config(**{**stored, "device": "auto"})
-    model = model or load_model(cfg.model, device=cfg.device)
+    model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
     if model.digest != man.header["model"]["digest"]:
         log.warning("%s was made with model weights %s, restoring with %s: faces will not come back exactly",
                     src, man.header["model"]["digest"], model.digest)
