@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector score threshold (default: the detector's own, tuned for recall)")
     p.add_argument("--min-face", type=int, metavar="PX", help=f"smallest face height to find, px (default: {D.min_face})")
     p.add_argument("--mask", choices=("auto", "parser", "landmarks"),
-                   help="face mask: auto = face parser when its weights are cached, else landmarks "
+                   help="face mask: auto = face parser when its weights are cached or can be downloaded, else landmarks "
                         f"(default: {D.mask})")
     p.add_argument("--parser-weights", metavar="FILE", help="BiSeNet face-parsing ONNX file (default: the user cache)")
     p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
