@@ -29,7 +29,7 @@ from . import __version__, keys
 from .align import CROP_SIZE, crop_face, ffhq_affine, landmarks_in_crop, paste_face, restore_crop
 from .config import FIELDS as CONFIG_FIELDS
 from .config import Config
-from .detect import make_detector
+from .detect import Detections, make_detector
 from .diffusion import flip_faces
 from .errors import InputError, VidanonError
 from .manifest import FORMAT, VERSION, Manifest, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
@@ -88,27 +88,32 @@ def run_core(model, jobs: list[FaceJob], signs: dict[int, np.ndarray], steps: in
 
 
 def _prefetch(items: Iterable, depth: int) -> Iterator:
-    """Iterate `items` in a background thread (decoding overlaps the core); errors re-raised here."""
+    """Iterate `items` in a background thread, at most `depth` ahead; its errors are re-raised here.
+
+    When the consumer stops early (an error, Ctrl-C) the thread stops at its next hand-over."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     end = object()
     stop = threading.Event()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def work():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(end)
+            put(end)
         except BaseException as e:  # handed to the consumer
-            q.put(e)
+            put(e)
 
-    thread = threading.Thread(target=work, daemon=True, name="vidanon-decode")
+    thread = threading.Thread(target=work, daemon=True, name="vidanon-stage")
     thread.start()
     try:
         while (item := q.get()) is not end:
@@ -242,7 +247,7 @@ def anonymize_video(
     mask_methods: set[str] = set()
 
     def faces_of(frame: Frame, slot: int) -> list[FaceJob]:
-        dets = tracked[frame.index] if frame.index < len(tracked) else tracked[0][:0]
+        dets = tracked[frame.index] if frame.index < len(tracked) else Detections.empty()
         jobs = []
         for i in range(len(dets)):
             tid = int(dets.track_id[i])
