@@ -18,6 +18,7 @@ import synth
 from vidanon import keys
 from vidanon.config import Config
 from vidanon.errors import InputError, WrongKeyError
+from vidanon.manifest import Manifest
 from vidanon.models import GaussianModel
 from vidanon.pipeline import anonymize_video, deanonymize_video, inspect_video
 
@@ -211,6 +212,12 @@ def test_restore_one_person_with_exported_track_key(large, work, tmp_path):
     assert restored.tracks == 1
     assert min(face_psnrs(clip, out, 1)) >= 30  # that person is back
     assert max(face_psnrs(clip, out, 0)) < 20  # the other stays anonymized
+    # everything but the restored person is copied through unchanged (lossless mode: bit for bit)
+    restored_only = inspect_video(result.output)
+    restored_only = Manifest(restored_only.header, [restored_only.track(tid)])
+    for i, (a, b) in enumerate(zip(synth.read_frames(result.output), out)):
+        outside = ~footprint(restored_only, i, a.shape)
+        assert np.array_equal(a[outside], b[outside]), i
     # the same track key cannot open another track
     with pytest.raises(WrongKeyError, match="restores track"):
         deanonymize_video(result.output, work / "large.other.mp4", key_file, tracks=[1 - tid], progress=False)
