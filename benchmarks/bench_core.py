@@ -103,7 +103,7 @@ def naive_face(unet, vq, x, m, r, steps, device):
             z = inv.step(unet(z, t).sample, t, z).prev_sample
             zs.append(z)
         mm, rr = m.to(device)[:, None], r.to(device, torch.float32).reshape(z.shape)
-        z = flip(z, mm, rr)
+        z = flip(z, mm.bool(), rr)
         for i, t in enumerate(den.timesteps):
             z = den.step(unet(z, t).sample, t, z, eta=0.0).prev_sample
             z = mm * z + (1 - mm) * zs[len(zs) - 2 - i]

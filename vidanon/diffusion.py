@@ -56,20 +56,21 @@ def invert(model, z0: torch.Tensor, sched: Schedule) -> list[torch.Tensor]:
     return zs
 
 
-def denoise(model, z: torch.Tensor, sched: Schedule, mask: torch.Tensor | None = None, ref: list[torch.Tensor] | None = None) -> torch.Tensor:
+def denoise(model, z: torch.Tensor, sched: Schedule, mask: torch.Tensor | None = None,
+            ref: list[torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM denoising (eq. 2), visiting t = T … 0. With mask and ref (the inversion's z_t), re-inject
     ref outside the mask after every step (eq. 5 / eq. 7)."""
     n = len(sched.timesteps)
     for i, (t, a, a_prev) in enumerate(zip(sched.timesteps, sched.alpha.tolist(), sched.alpha_prev.tolist())):
         z = ddim_step(z, model.eps(z, t), a, a_prev)
         if mask is not None:
-            z = mask * z + (1 - mask) * ref[n - 1 - i]  # eq. 5: ref at the same noise level
+            z = torch.where(mask, z, ref[n - 1 - i])  # eq. 5: M⊙z + (1−M)⊙ref, ref at the same noise level
     return z
 
 
 def flip(z: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 / eq. 6: z ↦ M ⊙ (r ⊙ z) + (1 − M) ⊙ z. Exact in any dtype (a sign change is)."""
-    return torch.where(mask.bool(), z * signs, z)
+    """Eq. 4 / eq. 6: z ↦ M ⊙ (r ⊙ z) + (1 − M) ⊙ z for a boolean M. Exact in any dtype (a sign change is)."""
+    return torch.where(mask, z * signs, z)
 
 
 def _check(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor) -> None:
@@ -98,7 +99,7 @@ def flip_faces(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor, 
     dev = model.device
     sched = make_schedule(model.scheduler_config, steps)
     x = x.to(dev, torch.float32)
-    m = mask.to(dev, torch.float32)[:, None]  # broadcast over channels
+    m = mask.to(dev).bool()[:, None]  # binary M, broadcast over channels
     r = signs.to(dev, torch.float32).reshape(x.shape[0], *model.latent_shape)  # C-order: (channel, row, column)
     zs = invert(model, model.encode(x), sched)
     z = denoise(model, flip(zs[-1], m, r), sched, m, zs)
