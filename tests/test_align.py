@@ -164,3 +164,16 @@ def test_restore_crop_inverts_an_upscaled_paste():
     restored_db, cropped_db = psnr(restored, noise, disc), psnr(crop_face(pasted, a), noise, disc)
     assert restored_db >= 35, restored_db
     assert cropped_db < 25, cropped_db
+
+
+def test_degenerate_landmarks_fall_back_to_the_box():
+    """A detection whose 5 points coincide is still aligned (from its box), never dropped or crashed on."""
+    from vidanon.align import face_affine, landmarks_from_box
+
+    box = (100.0, 50.0, 180.0, 150.0)
+    affine, lm = face_affine(np.full((5, 2), 120.0), box)
+    assert np.allclose(lm, landmarks_from_box(box))
+    centre = affine @ np.array([140.0, 100.0, 1.0])
+    assert 64 < centre[0] < 192 and 64 < centre[1] < 192  # the box's centre lands inside the crop
+    good = np.array([[120, 90], [160, 90], [140, 110], [125, 130], [155, 130]], float)
+    assert np.allclose(face_affine(good, box)[0], ffhq_affine(good))

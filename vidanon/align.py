@@ -53,6 +53,25 @@ def ffhq_affine(landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     return cv2.invertAffineTransform(crop_to_frame).astype(np.float64)
 
 
+# Where the 5 points of an upright frontal face sit in its detection box (fractions of width, height).
+_BOX_TEMPLATE = np.array([[0.30, 0.40], [0.70, 0.40], [0.50, 0.58], [0.35, 0.76], [0.65, 0.76]])
+
+
+def landmarks_from_box(xyxy) -> np.ndarray:
+    """Stand-in landmarks for a box whose own landmarks are unusable: the face is still anonymized."""
+    x1, y1, x2, y2 = np.asarray(xyxy, dtype=np.float64)
+    return np.array([x1, y1]) + _BOX_TEMPLATE * [max(x2 - x1, 1.0), max(y2 - y1, 1.0)]
+
+
+def face_affine(landmarks: np.ndarray, xyxy, size: int = CROP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(affine, landmarks used): FFHQ alignment from the landmarks, or from the box when they are degenerate."""
+    try:
+        return ffhq_affine(landmarks, size), np.asarray(landmarks, dtype=np.float64)
+    except ValueError:
+        lm = landmarks_from_box(xyxy)
+        return ffhq_affine(lm, size), lm
+
+
 def landmarks_in_crop(landmarks: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """(5, 2) landmarks transformed into crop coordinates."""
     lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)

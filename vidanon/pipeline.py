@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, keys
-from .align import CROP_SIZE, crop_face, ffhq_affine, landmarks_in_crop, paste_face, restore_crop
+from .align import CROP_SIZE, crop_face, face_affine, landmarks_in_crop, paste_face, restore_crop
 from .config import FIELDS as CONFIG_FIELDS
 from .config import Config
 from .detect import Detections, make_detector
@@ -251,9 +251,9 @@ def anonymize_video(
         jobs = []
         for i in range(len(dets)):
             tid = int(dets.track_id[i])
-            affine = ffhq_affine(dets.landmarks[i])
+            affine, lm = face_affine(dets.landmarks[i], dets.xyxy[i])
             crop = crop_face(frame.rgb, affine)
-            mask, method = _mask_for(crop, landmarks_in_crop(dets.landmarks[i], affine), parser)
+            mask, method = _mask_for(crop, landmarks_in_crop(lm, affine), parser)
             mask_methods.add(method)
             job = FaceJob(slot, tid, affine, crop.astype(np.float32), mask, paste_alpha(mask, feather=cfg.feather))
             records[tid].append({
