@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .atomic import write_atomic
 from .config import Config
 from .errors import InputError, VidanonError
 from .manifest import manifest_path
@@ -231,13 +232,9 @@ class Report:
 
     def write(self, path: str | os.PathLike) -> None:
         """The JSON report, written atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise VidanonError(f"{path}: cannot write the report ({e.strerror or e})") from None
 
     def summary(self) -> str:

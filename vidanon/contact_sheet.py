@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic import write_atomic
 from .errors import InputError, VidanonError
 from .manifest import Manifest
 from .video import read_frames
@@ -141,11 +142,8 @@ def write_contact_sheet(video: str | os.PathLike, path: str | os.PathLike, manif
     ok, png = cv2.imencode(".png", make_contact_sheet(video, manifest, **kw))
     if not ok:
         raise VidanonError(f"{path}: could not encode the contact sheet as PNG")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        tmp.write_bytes(png.tobytes())
-        os.replace(tmp, path)
+        write_atomic(path, png.tobytes())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise VidanonError(f"{path}: cannot write the contact sheet ({e.strerror or e})") from None
     return path

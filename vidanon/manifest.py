@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import keys
+from .atomic import write_atomic
 from .errors import InputError, WrongKeyError
 
 FORMAT = "vidanon-manifest"
@@ -104,20 +104,7 @@ def sign_tracks(header: dict, tracks: list[dict], track_keys: dict[int, bytes]) 
 
 def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
     """Atomic: a temporary file in the same folder, renamed when complete."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # like the video beside it (mkstemp makes 0600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest.to_json(), f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(manifest.to_json(), separators=(",", ":")).encode())
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
