@@ -148,3 +148,14 @@ def test_seal_unseal_and_wrong_key():
     with pytest.raises(WrongKeyError):
         keys.unseal(tk, blob, b"frame 4")  # moved to another face
     assert keys.seal(tk, b"x", b"") != keys.seal(tk, b"x", b"")  # fresh nonce each time
+
+
+def test_load_key_tells_master_from_track_key(tmp_path):
+    keys.save_master_key(tmp_path / "m", MASTER)
+    tk = keys.TrackKey(VIDEO_ID, 2, keys.track_key(MASTER, VIDEO_ID, 2))
+    keys.save_track_key(tmp_path / "t", tk)
+    assert keys.load_key(tmp_path / "m") == MASTER
+    assert keys.load_key(tmp_path / "t") == tk
+    (tmp_path / "t").chmod(0o644)
+    with pytest.raises(KeyFileError, match="readable by others"):
+        keys.load_key(tmp_path / "t")

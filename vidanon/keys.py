@@ -132,6 +132,12 @@ def load_track_key(path: str | os.PathLike) -> TrackKey:
     return tk
 
 
+def load_key(path: str | os.PathLike) -> bytes | TrackKey:
+    """A master key (bytes) or a single-track key (TrackKey), whichever the file holds."""
+    text = _read_secret(Path(path))
+    return load_track_key(path) if text.startswith(TRACK_PREFIX) else load_master_key(path)
+
+
 def flip_signs(tkey: bytes, n: int) -> np.ndarray:
     """r in {-1,+1}^n: first n bits of SHAKE-256(track_key || 'vidanon/flip/v1'), LSB-first, 1 -> +1.
 

@@ -314,8 +314,7 @@ def _header(info: VideoInfo, cfg: Config, model, video_id: bytes, mask_methods, 
 def _track_keys(manifest: Manifest, key, tracks: Sequence[int] | None) -> dict[int, bytes]:
     """Track keys for the tracks to restore, from a master key (bytes/file) or a single-track key (TrackKey/file)."""
     if isinstance(key, (str, os.PathLike)):
-        text = Path(key).read_text(errors="replace") if Path(key).is_file() else ""
-        key = keys.load_track_key(key) if text.startswith(keys.TRACK_PREFIX) else keys.load_master_key(key)
+        key = keys.load_key(key)
     if isinstance(key, keys.TrackKey):
         if key.video_id != manifest.video_id:
             raise keys.WrongKeyError(f"this track key belongs to another video (video {key.video_id.hex()[:8]}…, not {manifest.video_id.hex()[:8]}…)")
