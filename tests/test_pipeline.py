@@ -261,3 +261,17 @@ def test_no_faces_odd_size_no_audio(tmp_path):
     assert out[0].shape == (361, 641, 3)
     assert min(psnr(a, b) for a, b in zip(synth.read_frames(clip.path), out)) >= 40
     assert json.loads(result.manifest.read_text())["tracks"] == []
+
+
+def test_parser_mask_never_less_than_the_landmark_template():
+    """A face parser that sees only part of a blurry face cannot shrink the anonymized region."""
+    from vidanon.masks import landmark_mask, latent_mask
+    from vidanon.pipeline import _mask_for
+
+    lm = np.array([[96, 110], [160, 110], [128, 140], [104, 170], [152, 170]], float)
+    partial = np.zeros((256, 256), bool)
+    partial[100:120, 90:170] = True  # the parser found only the eye band
+    mask, method = _mask_for(np.zeros((256, 256, 3), np.float32), lm, lambda crops: partial[None])
+    template = latent_mask(landmark_mask(lm)).astype(bool)
+    assert method == "parser+landmarks" and mask.astype(bool)[template].all()
+    assert _mask_for(np.zeros((256, 256, 3), np.float32), lm, None)[1] == "landmarks"

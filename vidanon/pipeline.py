@@ -4,8 +4,8 @@ Anonymizing runs in two passes over the file. Pass 1 decodes and detects every f
 only the boxes; tracking then runs over the whole video, so gaps can be filled from both sides
 and every detection keeps a track. Pass 2 decodes again, crops and masks every face, runs the
 diffusion core in batches that gather faces across frames and tracks, pastes the faces back
-and encodes, with decoding and encoding in background threads so the core stays busy.
-Memory is bounded by a window of frames in flight, whatever the video's length.
+and encodes; preparing, the core, and pasting + encoding run in three threads so the core
+stays busy. Memory is bounded by a window of frames in flight, whatever the video's length.
 """
 
 from __future__ import annotations
@@ -184,14 +184,12 @@ def _master(key) -> bytes:
 
 
 def _mask_for(crop: np.ndarray, lm_crop: np.ndarray, parser: FaceParser | None) -> tuple[np.ndarray, str]:
-    """Latent mask of one aligned face: the parser's when it sees the face, else the landmark template."""
+    """Latent mask of one aligned face: the parser's face classes, never less than the landmark template,
+    so a parser that misses part of a blurry, tiny CCTV face cannot leave that part un-anonymized."""
     template = landmark_mask(lm_crop)
-    if parser is not None:
-        parsed = parser(crop[None].astype(np.uint8))[0]
-        # A parser that misses most of a (blurry, tiny) CCTV face must not leave it un-anonymized.
-        if (parsed & template).sum() >= 0.5 * template.sum():
-            return latent_mask(parsed), "parser"
-    return latent_mask(template), "landmarks"
+    if parser is None:
+        return latent_mask(template), "landmarks"
+    return latent_mask(parser(crop[None].astype(np.uint8))[0] | template), "parser+landmarks"
 
 
 @functools.lru_cache(maxsize=2)
@@ -200,17 +198,15 @@ def _face_parser(weights: str | None) -> FaceParser | None:
     return load_face_parser(weights)
 
 
-def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True):
-    """Pass 1: detections for every frame, then tracks over the whole video. Returns (per-frame dets, pts)."""
+def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True) -> list[Detections]:
+    """Pass 1: detections for every frame, then tracks over the whole video (each detection gets a track id)."""
     detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
-    per_frame, pts = [], []
+    per_frame = []
     with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar:
         for frame in _prefetch(read_frames(path, info), depth=4):
             per_frame.append(detector(frame.rgb))
-            pts.append(frame.pts)
             bar.update()
-    tracked = track_faces(per_frame, TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
-    return tracked, pts
+    return track_faces(per_frame, TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
 
 
 def anonymize_video(
@@ -236,7 +232,7 @@ def anonymize_video(
     parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
-    tracked, pts = detect_and_track(src, info, cfg, detector, progress)
+    tracked = detect_and_track(src, info, cfg, detector, progress)
 
     video_id = secrets.token_bytes(16)
     n = latent_numel(model)
@@ -273,7 +269,7 @@ def anonymize_video(
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
         with tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, cfg.steps, batch, bar)
-        header = _header(info, cfg, model, video_id, sorted(mask_methods) or [cfg.mask], len(pts))
+        header = _header(info, cfg, model, video_id, sorted(mask_methods) or [cfg.mask], frames)
         tracks = [_track_entry(t, records[t]) for t in track_ids]
         manifest = Manifest(header, sign_tracks(header, tracks, tkeys))
         # The manifest's final name is the mark of a complete output: rename the video first.
