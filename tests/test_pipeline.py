@@ -275,3 +275,28 @@ def test_parser_mask_never_less_than_the_landmark_template():
     template = latent_mask(landmark_mask(lm)).astype(bool)
     assert method == "parser+landmarks" and mask.astype(bool)[template].all()
     assert _mask_for(np.zeros((256, 256, 3), np.float32), lm, None)[1] == "landmarks"
+
+
+@pytest.mark.parametrize("stage", ["core", "detector"])
+def test_a_failing_stage_stops_every_stage_thread(tmp_path, monkeypatch, stage):
+    """An error in the core (e.g. CUDA out of memory) or the detector fails the file cleanly:
+    no stage thread lives on (a live one would keep decoding, or hang the exit), nothing is written."""
+    import threading
+    import time
+
+    from vidanon import pipeline
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    if stage == "core":
+        monkeypatch.setattr(pipeline, "run_core", boom)
+    clip = synth.crossing_clip(tmp_path / "c.mp4", frames=12)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        anonymize_video(clip.path, tmp_path / "o" / "c.mp4", MASTER, FAST, progress=False,
+                        detector=boom if stage == "detector" else None)
+    deadline = time.monotonic() + 10
+    while any(t.name == "vidanon-stage" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "vidanon-stage" for t in threading.enumerate())
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

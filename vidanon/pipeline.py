@@ -10,6 +10,7 @@ stays busy. Memory is bounded by a window of frames in flight, whatever the vide
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -90,7 +91,9 @@ def run_core(model, jobs: list[FaceJob], signs: dict[int, np.ndarray], steps: in
 def _prefetch(items: Iterable, depth: int) -> Iterator:
     """Iterate `items` in a background thread, at most `depth` ahead; its errors are re-raised here.
 
-    When the consumer stops early (an error, Ctrl-C) the thread stops at its next hand-over."""
+    When the consumer stops early (an error, Ctrl-C) the thread stops at its next hand-over and
+    closes `items`, which stops the stages upstream of it in turn. The threads are not daemons:
+    the interpreter waits for a stage busy in native code (a core batch) rather than killing it."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     end = object()
     stop = threading.Event()
@@ -112,8 +115,12 @@ def _prefetch(items: Iterable, depth: int) -> Iterator:
             put(end)
         except BaseException as e:  # handed to the consumer
             put(e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
-    thread = threading.Thread(target=work, daemon=True, name="vidanon-stage")
+    thread = threading.Thread(target=work, name="vidanon-stage")
     thread.start()
     try:
         while (item := q.get()) is not end:
@@ -125,24 +132,26 @@ def _prefetch(items: Iterable, depth: int) -> Iterator:
         thread.join(timeout=5)
 
 
-def _windows(frames: Iterable[Frame], faces_of: Callable[[Frame, int], list[FaceJob]], batch_size: int):
+def _windows(frames: Iterator[Frame], faces_of: Callable[[Frame, int], list[FaceJob]], batch_size: int):
     """Group frames into windows holding about one batch of faces (bounded: at most 2·batch_size frames)."""
     window: list[Frame] = []
     jobs: list[FaceJob] = []
-    for frame in frames:
-        jobs.extend(faces_of(frame, len(window)))
-        window.append(frame)
-        if len(jobs) >= batch_size or len(window) >= max(2 * batch_size, 8):
+    with contextlib.closing(frames):  # stopping here stops the stage feeding us
+        for frame in frames:
+            jobs.extend(faces_of(frame, len(window)))
+            window.append(frame)
+            if len(jobs) >= batch_size or len(window) >= max(2 * batch_size, 8):
+                yield window, jobs
+                window, jobs = [], []
+        if window:
             yield window, jobs
-            window, jobs = [], []
-    if window:
-        yield window, jobs
 
 
-def _with_core(windows, model, signs: dict[int, np.ndarray], steps: int, batch_size: int):
-    for window, jobs in windows:
-        run_core(model, jobs, signs, steps, batch_size)
-        yield window, jobs
+def _with_core(windows: Iterator, model, signs: dict[int, np.ndarray], steps: int, batch_size: int):
+    with contextlib.closing(windows):
+        for window, jobs in windows:
+            run_core(model, jobs, signs, steps, batch_size)
+            yield window, jobs
 
 
 def _process_frames(frames: Iterator[Frame], writer: VideoWriter, faces_of: Callable[[Frame, int], list[FaceJob]],
@@ -152,19 +161,21 @@ def _process_frames(frames: Iterator[Frame], writer: VideoWriter, faces_of: Call
     Each hand-over queue holds two windows, which bounds memory whatever the video's length.
 
     Returns (frames, faces) written."""
-    prepared = _prefetch(_windows(_prefetch(frames, depth=8), faces_of, batch_size), depth=2)
+    stages = _prefetch(_with_core(_prefetch(_windows(_prefetch(frames, depth=8), faces_of, batch_size), depth=2),
+                                  model, signs, steps, batch_size), depth=2)
     n_frames = n_faces = 0
-    for window, jobs in _prefetch(_with_core(prepared, model, signs, steps, batch_size), depth=2):
-        by_frame: dict[int, list[FaceJob]] = {}
-        for job in jobs:
-            by_frame.setdefault(job.frame, []).append(job)
-        for k, frame in enumerate(window):
-            rgb = frame.rgb
-            for job in by_frame.get(k, ()):
-                rgb = paste_face(rgb, job.out, job.affine, job.alpha)
-            writer.write(rgb, frame.pts)
-        n_frames, n_faces = n_frames + len(window), n_faces + len(jobs)
-        bar.update(len(window))
+    with contextlib.closing(stages):
+        for window, jobs in stages:
+            by_frame: dict[int, list[FaceJob]] = {}
+            for job in jobs:
+                by_frame.setdefault(job.frame, []).append(job)
+            for k, frame in enumerate(window):
+                rgb = frame.rgb
+                for job in by_frame.get(k, ()):
+                    rgb = paste_face(rgb, job.out, job.affine, job.alpha)
+                writer.write(rgb, frame.pts)
+            n_frames, n_faces = n_frames + len(window), n_faces + len(jobs)
+            bar.update(len(window))
     return n_frames, n_faces
 
 
@@ -202,8 +213,10 @@ def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, pr
     """Pass 1: detections for every frame, then tracks over the whole video (each detection gets a track id)."""
     detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
     per_frame = []
-    with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar:
-        for frame in _prefetch(read_frames(path, info), depth=4):
+    frames = _prefetch(read_frames(path, info), depth=4)
+    with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
+            contextlib.closing(frames):
+        for frame in frames:
             per_frame.append(detector(frame.rgb))
             bar.update()
     return track_faces(per_frame, TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
