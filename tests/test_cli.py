@@ -327,14 +327,18 @@ def test_plan_rules(tmp_path):
     jobs = batch.plan([src, src / "sub/a.mov"], src / "out")  # a.mov named twice: done once
     got = {j.input.relative_to(src).as_posix(): (j.output.relative_to(src / "out").as_posix(), j.status) for j in jobs}
     assert got == {  # hidden files/folders and the output folder inside the input are not scanned
-        "A.MP4": ("A.mp4", "pending"),
-        "sub/a.mov": ("sub/a.mov", "pending"),
-        "sub/a.mp4": ("sub/a.mp4", "failed"),  # same manifest name sub/a.vidanon.json as a.mov
-        "sub/c.avi": ("sub/c.mkv", "pending"),  # AVI cannot hold our H.264: .mkv
-        "sub/c.mkv": ("sub/c.mkv", "failed"),
+        "A.MP4": ("in/A.mp4", "pending"),  # several inputs: each folder keeps its name under outdir
+        "sub/a.mov": ("in/sub/a.mov", "pending"),
+        "sub/a.mp4": ("in/sub/a.mp4", "failed"),  # same manifest name sub/a.vidanon.json as a.mov
+        "sub/c.avi": ("in/sub/c.mkv", "pending"),  # AVI cannot hold our H.264: .mkv
+        "sub/c.mkv": ("in/sub/c.mkv", "failed"),
     }
     assert "would also be written for" in next(j for j in jobs if j.input.name == "a.mp4").reason
     assert [j.input.name for j in batch.plan([src], tmp_path / "o", patterns=["*.TXT"])] == ["notes.txt"]
+    # one folder: its tree goes straight under outdir
+    assert {j.output.relative_to(tmp_path / "o").as_posix() for j in batch.plan([src / "sub"], tmp_path / "o")} == {
+        "a.mov", "a.mp4", "c.mkv"}
+
 
     # Complete = video and manifest; a video alone is redone.
     out = tmp_path / "o"
@@ -453,3 +457,14 @@ def test_keys_never_appear_in_outputs(root, master_key, flow, tree):
     for out in OUTPUTS:
         for name, (_, texts) in secrets.items():
             assert not any(t in out for t in texts), f"{name} key in a command's output"
+
+
+def test_camera_folders_with_the_same_file_names_do_not_collide(tmp_path):
+    from vidanon import batch
+
+    for cam in ("cam1", "cam2"):
+        (tmp_path / cam / "2026-11-01").mkdir(parents=True)
+        (tmp_path / cam / "2026-11-01" / "clip.mp4").write_bytes(b"x")
+    jobs = batch.plan([tmp_path / "cam1", tmp_path / "cam2"], tmp_path / "out")
+    assert [(j.output.relative_to(tmp_path / "out").as_posix(), j.status) for j in jobs] == [
+        ("cam1/2026-11-01/clip.mp4", "pending"), ("cam2/2026-11-01/clip.mp4", "pending")]

@@ -96,8 +96,8 @@ def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
             seen.add(path.resolve())
             found.append((path, rel))
 
+    inputs = [Path(i) for i in inputs]
     for item in inputs:
-        item = Path(item)
         if not item.exists():
             raise InputError(f"{item}: no such file or folder")
         if item.is_dir():
@@ -111,7 +111,10 @@ def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
                 for name in sorted(names):
                     path = Path(folder, name)
                     if not name.startswith(".") and _matches(name, patterns) and path.is_file():
-                        add(path, path.relative_to(item))
+                        # One folder: its tree goes straight under outdir. Several (cam1/ cam2/): each keeps
+                        # its own name, like `cp -r cam1 cam2 outdir`, so same-named recordings never collide.
+                        top = Path(item.resolve().name) if len(inputs) > 1 else Path()
+                        add(path, top / path.relative_to(item))
         else:
             if item.resolve().parent == out_root:
                 raise InputError(f"{outdir}: the output folder holds the input {item}; "

@@ -417,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("anonymize", help="anonymize every face of videos and folders of videos", formatter_class=fmt,
                        description="Anonymize every face of each INPUT (a video, or a folder searched recursively). "
-                                   "The output tree mirrors each input under OUTDIR; each output video gets its "
+                                   "The output tree mirrors the input: one folder's tree goes under OUTDIR, several folders each go "
+                                   "under OUTDIR/<folder name>; each output video gets its "
                                    f"manifest <stem>{SUFFIX} beside it. Complete outputs are skipped on a rerun, "
                                    "so an interrupted run is finished by running the same command again.",
                        epilog="settings: defaults < --config FILE < flags; see configs/default.yaml.\n"
@@ -437,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector score threshold (default: the detector's own, tuned for recall)")
     p.add_argument("--min-face", type=int, metavar="PX", help=f"smallest face height to find, px (default: {D.min_face})")
     p.add_argument("--mask", choices=("auto", "parser", "landmarks"),
-                   help="face mask: auto = face parser when its weights are cached or can be downloaded, else landmarks "
+                   help="face mask: auto = face parser when its weights are cached (`vidanon models pull face-parser`), else landmarks; parser downloads them if missing "
                         f"(default: {D.mask})")
     p.add_argument("--parser-weights", metavar="FILE", help="BiSeNet face-parsing ONNX file (default: the user cache)")
     p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,

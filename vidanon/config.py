@@ -25,7 +25,7 @@ class Config:
     detector: str = "centerface"  # centerface (offline, MIT) | scrfd (insightface, non-commercial licence)
     threshold: float | None = None  # detector score threshold; None = the detector's own default
     min_face: int = 20  # smallest face height in pixels the detector is run to find
-    mask: str = "auto"  # auto (face parser if its weights are available, else landmarks) | parser | landmarks
+    mask: str = "auto"  # auto (parser if its weights are cached, else landmarks) | parser | landmarks
     parser_weights: str | None = None  # path to BiSeNet face-parsing ONNX; None = user cache / download
     feather: int = 8  # px of soft edge outside the replaced region when pasting back
     max_gap: int = 12  # frames a face may go undetected and still be covered by interpolation

@@ -30,7 +30,7 @@ from . import __version__, keys
 from .align import CROP_SIZE, crop_face, face_affine, landmarks_in_crop, paste_face, restore_crop
 from .config import FIELDS as CONFIG_FIELDS
 from .config import Config
-from .detect import Detections, make_detector
+from .detect import Detections, make_detector, onnx_providers
 from .diffusion import flip_faces
 from .errors import InputError, VidanonError
 from .manifest import FORMAT, VERSION, Manifest, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
@@ -203,10 +203,11 @@ def _mask_for(crop: np.ndarray, lm_crop: np.ndarray, parser: FaceParser | None) 
     return latent_mask(parser(crop[None].astype(np.uint8))[0] | template), "parser+landmarks"
 
 
-@functools.lru_cache(maxsize=2)
-def _face_parser(weights: str | None) -> FaceParser | None:
-    """Loaded (or its download tried) once per process, not once per file of a directory run."""
-    return load_face_parser(weights)
+@functools.lru_cache(maxsize=4)
+def _face_parser(weights: str | None, download: bool, device: str) -> FaceParser | None:
+    """Loaded once per process, not once per file of a directory run. Only `--mask parser` downloads:
+    `auto` uses cached weights or none, so a run on an air-gapped CCTV server never reaches out."""
+    return load_face_parser(weights, download=download, providers=onnx_providers(device))
 
 
 def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True) -> list[Detections]:
@@ -242,7 +243,7 @@ def anonymize_video(
     master = _master(key)
     info = probe(src)
     model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
-    parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights)
+    parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights, cfg.mask == "parser", cfg.device)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
     tracked = detect_and_track(src, info, cfg, detector, progress)
