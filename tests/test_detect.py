@@ -298,23 +298,33 @@ def test_centerface_missing_model(monkeypatch):
         make_detector("centerface", device="cpu")
 
 
-def test_scrfd_missing_weights_never_downloads(monkeypatch, tmp_path):
+def test_scrfd_downloads_on_first_use_and_fails_clearly_offline(monkeypatch, tmp_path):
     import insightface.utils.storage
 
-    def no_network(*args, **kwargs):
-        raise AssertionError("network access attempted")
+    asked = []
 
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(insightface.utils.storage, "download_file", no_network)
+    def offline(url, *args, **kwargs):
+        asked.append(url)
+        raise OSError("Name or service not known")
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("network access outside the download")
+
+    monkeypatch.setattr(socket.socket, "connect", no_socket)
+    monkeypatch.setattr(insightface.utils.storage, "download_file", offline)
     monkeypatch.setattr(detect, "INSIGHTFACE_ROOT", tmp_path)
     with pytest.raises(ModelNotFoundError) as err:
         make_detector("scrfd", device="cpu")
+    assert asked == ["https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip"]
     message = str(err.value)
     assert "buffalo_l" in message and str(tmp_path) in message and "non-commercial" in message
-    assert "\n" not in message
-    assert not any(tmp_path.iterdir()), "nothing created or downloaded"
+    assert "could not be downloaded" in message and "\n" not in message
+    assert not list(tmp_path.rglob("*.onnx"))
     assert "non-commercial" in detect.ScrfdDetector.__doc__
     assert "non-commercial" in detect.SCRFD_LICENCE_NOTE
+    with pytest.raises(ModelNotFoundError):  # download=False: no attempt at all
+        detect.ScrfdDetector(root=tmp_path, device="cpu", download=False)
+    assert len(asked) == 1
 
 
 def test_scrfd_corrupt_pack_is_a_clear_error(tmp_path):

@@ -18,6 +18,7 @@ budget are split into overlapping tiles so memory stays bounded on 4K input.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,8 @@ import cv2
 import numpy as np
 
 from .errors import ModelNotFoundError, VidanonError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Detections",
@@ -423,8 +426,9 @@ class ScrfdDetector(_PyramidDetector):
 
     Licence: the insightface model packs are licensed for non-commercial research
     purposes only (``SCRFD_LICENCE_NOTE``); use ``centerface`` (MIT) otherwise.
-    The pack is looked up in ``~/.insightface/models/<pack>`` and never downloaded
-    from here: a missing pack raises ModelNotFoundError saying what to fetch.
+    The pack is looked up in ``~/.insightface/models/<pack>`` and downloaded there on
+    first use (insightface's own model-zoo download, with the licence note logged);
+    offline, a missing pack raises ModelNotFoundError saying what to fetch.
 
     Input scale assumes SCRFD's smallest anchor (16 px at stride 8) is the face
     size it finds reliably; this was not measured (no weights in CI).
@@ -443,16 +447,24 @@ class ScrfdDetector(_PyramidDetector):
         min_face: int = 20,
         pack: str = "buffalo_l",
         root: Path | str | None = None,
+        download: bool = True,
     ) -> None:
         super().__init__(self.default_threshold if threshold is None else threshold, min_face)
         root = Path(root).expanduser() if root is not None else INSIGHTFACE_ROOT
         pack_dir = root / "models" / pack
-        # Check before touching insightface: FaceAnalysis downloads missing packs by itself.
+        if not sorted(pack_dir.glob("*.onnx")) and download:
+            log.warning("downloading insightface pack %s into %s. %s", pack, pack_dir, SCRFD_LICENCE_NOTE)
+            try:
+                from insightface.utils.storage import download as fetch_pack
+
+                fetch_pack("models", pack, force=True, root=str(root))
+            except Exception as exc:  # network, HTTP, bad zip: all end in the same advice below
+                log.warning("could not download %s (%s)", pack, (str(exc).strip().splitlines() or [""])[0])
         if not sorted(pack_dir.glob("*.onnx")):
             raise ModelNotFoundError(
-                f"SCRFD weights not found in {pack_dir}: download {pack}.zip from the insightface model zoo "
-                f"(https://github.com/deepinsight/insightface/tree/master/model_zoo) and unzip it there; "
-                f"licence: non-commercial research only"
+                f"SCRFD weights not found in {pack_dir} and could not be downloaded: download {pack}.zip from the "
+                f"insightface model zoo (https://github.com/deepinsight/insightface/releases/tag/model-zoo) and unzip "
+                f"it there; licence: non-commercial research only"
             )
         from insightface.app import FaceAnalysis
 
@@ -460,7 +472,8 @@ class ScrfdDetector(_PyramidDetector):
         try:
             # An absolute directory as name: insightface then loads it as is, never downloading.
             app = FaceAnalysis(name=str(pack_dir), root=str(root), allowed_modules=["detection"], providers=providers)
-            app.prepare(ctx_id=0 if providers[0] == "CUDAExecutionProvider" else -1, det_thresh=self.threshold)
+            on_gpu = not isinstance(providers[0], str)  # ("CUDAExecutionProvider", {...}) when CUDA is used
+            app.prepare(ctx_id=providers[0][1]["device_id"] if on_gpu else -1, det_thresh=self.threshold)
         except Exception as exc:  # a truncated or foreign pack: insightface raises anything (even AssertionError)
             reason = (str(exc).strip().splitlines() or [""])[0]
             raise ModelNotFoundError(
