@@ -333,3 +333,26 @@ def test_scrfd_corrupt_pack_is_a_clear_error(tmp_path):
     (pack / "det_10g.onnx").write_bytes(b"truncated download")
     with pytest.raises(ModelNotFoundError, match="could not be loaded.*download buffalo_l.zip again"):
         detect.ScrfdDetector(root=tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("rotation", [90, 180, -90])
+def test_stored_sideways_frames_are_detected_upright(detector, t1_faces, rotation):
+    """A frame stored rotated (display matrix) is detected as the viewer sees it; boxes and landmarks
+    come back in the stored frame's coordinates, on the same faces as detection of the upright image."""
+    from vidanon.detect import detect_upright
+
+    upright = _t1()
+    k = rotation // 90
+    coded = np.ascontiguousarray(np.rot90(upright, -k))  # what the file stores; display = rot90(coded, k)
+    got = detect_upright(detector, coded, rotation)
+    assert len(got) == len(t1_faces) >= 6
+    # map the upright detections into the coded frame by the inverse turn, compare eye positions
+    h, w = coded.shape[:2]
+    pts = np.stack([t1_faces.landmarks[..., 0], t1_faces.landmarks[..., 1]], -1)
+    for _ in range(k % 4):  # rotate display coordinates one quarter clockwise, k times, into the coded frame
+        hh = upright.shape[0] if _ % 2 == 0 else upright.shape[1]
+        pts = np.stack([hh - pts[..., 1], pts[..., 0]], -1)
+    for lm in pts:
+        d = np.abs(got.landmarks - lm[None]).max(axis=(1, 2)).min()
+        assert d < 3.0, d
+    assert (got.xyxy[:, :2] >= 0).all() and (got.xyxy[:, 2] <= w).all() and (got.xyxy[:, 3] <= h).all()

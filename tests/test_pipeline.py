@@ -300,3 +300,30 @@ def test_a_failing_stage_stops_every_stage_thread(tmp_path, monkeypatch, stage):
         time.sleep(0.05)
     assert not any(t.name == "vidanon-stage" for t in threading.enumerate())
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_faces_in_sideways_stored_video_are_all_changed(tmp_path):
+    """A video stored sideways with a display rotation (phones, bodycams, flipped mounts): small faces are
+    found as the viewer sees them. Measured: 0 leaks over the clip's 24–144 px faces (without rotating
+    for detection, CenterFace misses some of the small sideways faces)."""
+    clip = synth.small_faces_clip(tmp_path / "up.mp4", frames=6)
+    src = tmp_path / "sideways.mp4"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264rgb", rate=clip.fps, options={"qp": "0"})
+        s.width, s.height, s.pix_fmt = clip.height, clip.width, "rgb24"
+        s.set_display_rotation(90)  # the player turns the stored frame 90° counter-clockwise
+        for i in range(clip.frames):
+            stored = np.ascontiguousarray(np.rot90(clip.frame(i), -1))
+            for p in s.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    result = anonymize_video(src, tmp_path / "o.mp4", MASTER, FAST, progress=False)
+    leaks, checked = [], 0
+    for i, (a, b) in enumerate(zip(synth.read_frames(src), synth.read_frames(result.output))):
+        a, b = np.rot90(a, 1), np.rot90(b, 1)  # as displayed: the ground truth's orientation
+        for gt in clip.faces_at(i, min_visible=0.5):
+            checked += 1
+            if np.abs(region(a, gt.xyxy, 0.25).astype(int) - region(b, gt.xyxy, 0.25)).mean() <= 12:
+                leaks.append((i, gt.face))
+    assert checked == 24 and leaks == []

@@ -39,6 +39,7 @@ __all__ = [
     "SCRFD_LICENCE_NOTE",
     "DETECTOR_NAMES",
     "onnx_providers",
+    "detect_upright",
     "make_detector",
 ]
 
@@ -491,6 +492,28 @@ class ScrfdDetector(_PyramidDetector):
 
 
 # --------------------------------------------------------------------------- #
+
+
+def detect_upright(detector: Detector, rgb: np.ndarray, rotation: int) -> Detections:
+    """Detect on the frame as a viewer sees it, with boxes and landmarks in the stored (coded) frame.
+
+    Phone, bodycam and ceiling-mounted cameras store frames sideways or upside down with a display
+    rotation (counter-clockwise degrees, PyAV's convention); face detectors miss sideways faces.
+    """
+    k = (rotation // 90) % 4 if rotation % 90 == 0 else 0
+    if k == 0:
+        return detector(rgb)
+    h, w = rgb.shape[:2]
+    dets = detector(np.ascontiguousarray(np.rot90(rgb, k)))
+
+    def back(x, y):  # display -> coded coordinates (pixel-edge convention), undoing k quarter turns
+        return [(w - y, x), (w - x, h - y), (y, h - x)][k - 1]
+
+    cx, cy = back(dets.landmarks[..., 0], dets.landmarks[..., 1])
+    x1, y1 = back(dets.xyxy[:, 0], dets.xyxy[:, 1])
+    x2, y2 = back(dets.xyxy[:, 2], dets.xyxy[:, 3])
+    xyxy = np.stack([np.minimum(x1, x2), np.minimum(y1, y2), np.maximum(x1, x2), np.maximum(y1, y2)], axis=1)
+    return replace(dets, xyxy=xyxy.astype(np.float32), landmarks=np.stack([cx, cy], -1).astype(np.float32))
 
 
 def make_detector(

@@ -30,7 +30,7 @@ from . import __version__, keys
 from .align import CROP_SIZE, crop_face, face_affine, landmarks_in_crop, paste_face, restore_crop
 from .config import FIELDS as CONFIG_FIELDS
 from .config import Config
-from .detect import Detections, make_detector, onnx_providers
+from .detect import Detections, detect_upright, make_detector, onnx_providers
 from .diffusion import flip_faces
 from .errors import InputError, VidanonError
 from .manifest import FORMAT, VERSION, Manifest, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
@@ -218,7 +218,7 @@ def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, pr
     with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
             contextlib.closing(frames):
         for frame in frames:
-            per_frame.append(detector(frame.rgb))
+            per_frame.append(detect_upright(detector, frame.rgb, info.rotation))
             bar.update()
     return track_faces(per_frame, TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
 
