@@ -327,3 +327,29 @@ def test_faces_in_sideways_stored_video_are_all_changed(tmp_path):
             if np.abs(region(a, gt.xyxy, 0.25).astype(int) - region(b, gt.xyxy, 0.25)).mean() <= 12:
                 leaks.append((i, gt.face))
     assert checked == 24 and leaks == []
+
+
+def test_restore_refuses_a_video_altered_after_anonymization(large, work, tmp_path):
+    """Re-encoded at another size, or cut: the stored crops no longer fit, so restore refuses, writes nothing."""
+    clip, result = large
+    frames = synth.read_frames(result.output)
+    for name, shape, count in (("resized", (270, 480), len(frames)), ("cut", frames[0].shape[:2], len(frames) - 2)):
+        altered = tmp_path / f"{name}.mp4"
+        with av.open(str(altered), "w") as c:
+            s = c.add_stream("libx264rgb", rate=clip.fps, options={"qp": "0"})
+            s.height, s.width = shape
+            s.pix_fmt = "rgb24"
+            for f in frames[:count]:
+                for p in s.encode(av.VideoFrame.from_ndarray(cv2.resize(f, shape[::-1]), format="rgb24")):
+                    c.mux(p)
+            for p in s.encode(None):
+                c.mux(p)
+        with pytest.raises(InputError, match="after anonymization"):
+            deanonymize_video(altered, tmp_path / "out" / f"{name}.mp4", MASTER, manifest=result.manifest, progress=False)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_restored_video_is_private(large, work):
+    clip, result = large
+    restored = deanonymize_video(result.output, work / "private.mp4", MASTER, tracks=[0], progress=False)
+    assert restored.output.stat().st_mode & 0o077 == 0

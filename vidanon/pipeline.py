@@ -359,6 +359,11 @@ def deanonymize_video(
     tkeys = _track_keys(man, key, tracks)
     for tid, tk in tkeys.items():
         man.check_key(tid, tk)  # before any frame is written
+    made = man.header["video"]
+    if (info.width, info.height) != (made["width"], made["height"]) or info.frames not in (None, made["frames"]):
+        raise InputError(f"{src}: is {info.width}x{info.height}, {info.frames or '?'} frames, but its manifest describes "
+                         f"{made['width']}x{made['height']}, {made['frames']} frames: the video was re-encoded, resized or "
+                         "cut after anonymization, or the manifest belongs to another video")
     # the settings the video was made with (fields a newer vidanon added are ignored); the device is this machine's
     stored = {k: v for k, v in man.header["config"].items() if k in CONFIG_FIELDS}
     cfg = config or Config(**{**stored, "device": "auto"})
@@ -385,6 +390,10 @@ def deanonymize_video(
         with tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, steps,
                                             _batch_size(cfg, model), bar)
+        if frames != made["frames"]:  # containers that store no frame count are checked here, before the rename
+            raise InputError(f"{src}: has {frames} frames but its manifest describes {made['frames']}: "
+                             "the video was cut or re-encoded after anonymization")
+    os.chmod(dst, 0o600)  # real faces again: readable by the investigator only, like a key
     return Result(src, dst, None, frames, faces, len(tkeys), time.monotonic() - t0)
 
 
