@@ -468,3 +468,26 @@ def test_camera_folders_with_the_same_file_names_do_not_collide(tmp_path):
     jobs = batch.plan([tmp_path / "cam1", tmp_path / "cam2"], tmp_path / "out")
     assert [(j.output.relative_to(tmp_path / "out").as_posix(), j.status) for j in jobs] == [
         ("cam1/2026-11-01/clip.mp4", "pending"), ("cam2/2026-11-01/clip.mp4", "pending")]
+
+
+def test_bad_settings_and_outputs_stop_before_any_file(tmp_path):
+    """Exit 2 with one line before any video work: a mistyped config value, a report in a missing
+    folder, an output folder that cannot be made. Nothing is written."""
+    (tmp_path / "demo.key").write_text("vidanon-key-v1:" + "A" * 43 + "\n")
+    (tmp_path / "demo.key").chmod(0o600)
+    (tmp_path / "bad.yaml").write_text("steps: 4.5\n")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "in.mp4").write_bytes(b"not read")
+    base = ["anonymize", "in.mp4", "--key-file", "demo.key", "--model", "testing:gaussian", "-q"]
+    results = run_all(tmp_path, [
+        [*base, "-o", "out1", "--config", "bad.yaml"],
+        [*base, "-o", "out2", "--report", "missing/r.json"],
+        [*base, "-o", "afile/x"],
+    ])
+    messages = ["bad.yaml: config: steps must be a whole number", "missing/r.json: the report's folder does not exist",
+                "afile/x: cannot create the output folder"]
+    for r, message in zip(results, messages):
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"vidanon: error: {message}"), r.stderr
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())

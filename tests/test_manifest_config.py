@@ -94,3 +94,21 @@ def test_config_layering_and_errors(tmp_path):
         load_config(None, steps=0)
     with pytest.raises(InputError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps: 4.5\n", "steps must be a whole number, got 4.5"),
+    ("steps: ten\n", "steps must be a whole number, got 'ten'"),
+    ('lossless: "no"\n', "lossless must be true or false, got 'no'"),
+    ("crf: true\n", "crf must be a whole number, got True"),
+    ("threshold: 1.5\n", "threshold must be in"),
+    ("preset: quick\n", "preset must be one of"),
+    ("detector: yolo\n", "detector must be"),
+])
+def test_config_values_are_type_checked_naming_the_file(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError, match=message) as e:
+        load_config(f)
+    assert str(e.value).startswith(str(f))
+    assert load_config(None, threshold=0.3, iou_threshold=1 / 3).threshold == 0.3

@@ -102,8 +102,15 @@ def cmd_anonymize(args) -> int:
     cfg = _config_from_args(args)
     master = keys.load_master_key(args.key_file)  # a bad key stops the run before any file
     outdir = Path(args.output)
+    if not args.dry_run:
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{outdir}: cannot create the output folder ({e.strerror or e})") from None
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: exists and is not a folder")
+    if args.report and not Path(args.report).resolve().parent.is_dir():
+        raise InputError(f"{args.report}: the report's folder does not exist")
     jobs = batch.plan(args.inputs, outdir, lossless=cfg.lossless, patterns=args.glob, overwrite=args.overwrite)
     if not jobs:
         log.warning("no video files found in %s (looked for %s)", ", ".join(args.inputs),

@@ -15,6 +15,13 @@ import yaml
 from .errors import InputError
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+_TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "float": (float, int),
+          "float | None": (float, int, type(None)), "str | None": (str, type(None))}
+_NAMES = {"str": "a string", "int": "a whole number", "bool": "true or false", "float": "a number",
+          "float | None": "a number or null", "str | None": "a string or null"}
+
+
 @dataclass(frozen=True)
 class Config:
     model: str = "ffhq"  # alias (ffhq, celebahq), hub id owner/repo[/subfolder], local folder, or testing:gaussian
@@ -36,6 +43,10 @@ class Config:
     preset: str = "medium"  # x264 preset
 
     def __post_init__(self):
+        for f in fields(self):  # YAML gives strings, floats and bools where ints are meant: say so early
+            value, accepted = getattr(self, f.name), _TYPES[f.type]
+            if isinstance(value, bool) and bool not in accepted or not isinstance(value, accepted):
+                raise InputError(f"config: {f.name} must be {_NAMES[f.type]}, got {value!r}")
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 0, "batch_size must be >= 0"),
@@ -44,6 +55,9 @@ class Config:
             (self.min_face >= 8, "min_face must be >= 8"),
             (self.max_gap >= 0 and self.extend >= 0 and self.feather >= 0, "max_gap, extend, feather must be >= 0"),
             (0 < self.iou_threshold < 1, "iou_threshold must be in (0, 1)"),
+            (self.threshold is None or 0 < self.threshold < 1, "threshold must be in (0, 1)"),
+            (self.detector in ("centerface", "scrfd"), "detector must be centerface or scrfd"),
+            (self.preset in X264_PRESETS, f"preset must be one of {', '.join(X264_PRESETS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -73,5 +87,5 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Config(**values)
-    except TypeError as e:
-        raise InputError(f"config: {e}") from None
+    except InputError as e:
+        raise InputError(f"{path}: {e}" if path is not None else str(e)) from None

@@ -246,6 +246,7 @@ def anonymize_video(
     parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights, cfg.mask == "parser", cfg.device)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
+    _output_folder(dst)  # an unusable output folder is reported now, not after the detection pass
     tracked = detect_and_track(src, info, cfg, detector, progress)
 
     video_id = secrets.token_bytes(16)
@@ -279,7 +280,6 @@ def anonymize_video(
         return jobs
 
     batch = _batch_size(cfg, model)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
         with tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, cfg.steps, batch, bar)
@@ -291,6 +291,15 @@ def anonymize_video(
         writer.close()
     write_manifest(mpath, manifest)
     return Result(src, dst, mpath, frames, faces, len(track_ids), time.monotonic() - t0)
+
+
+def _output_folder(dst: Path) -> None:
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{dst.parent}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(dst.parent, os.W_OK):
+        raise InputError(f"{dst.parent}: the output folder is not writable")
 
 
 def _track_entry(tid: int, faces: list[dict]) -> dict:
@@ -385,7 +394,7 @@ def deanonymize_video(
             jobs.append(FaceJob(slot, tid, affine, restore_crop(frame.rgb, affine, alpha), mask, alpha))
         return jobs
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    _output_folder(dst)
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
         with tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, steps,
