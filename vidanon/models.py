@@ -115,10 +115,13 @@ class LatentDiffusion:
         self.device, self.dtype = torch.device(device), dtype
         # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions on GPUs.
         self._fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.unet = unet.to(device=device, dtype=dtype, memory_format=self._fmt).eval().requires_grad_(False)
+        # Cast only when needed: ModelMixin.to(dtype) warns even when the dtype does not change.
+        unet = unet if unet.dtype == dtype else unet.to(dtype)
+        vqvae = vqvae if vqvae.dtype == torch.float32 else vqvae.to(torch.float32)
+        self.unet = unet.to(device=device, memory_format=self._fmt).eval().requires_grad_(False)
         # The VQ autoencoder stays in fp32: it is ~5 % of the FLOPs, and the encode/decode at both ends of a
         # restoration is where reduced precision would cost fidelity. The UNet runs in `dtype` (bf16 on GPUs).
-        self.vqvae = vqvae.to(device=device, dtype=torch.float32, memory_format=self._fmt).eval().requires_grad_(False)
+        self.vqvae = vqvae.to(device=device, memory_format=self._fmt).eval().requires_grad_(False)
         self._unet_call = torch.compile(self.unet, dynamic=False) if compile else self.unet
         self.scheduler_config = {k: scheduler_config[k] for k in SCHEDULER_KEYS if k in scheduler_config}
         self.name, self.digest = name, digest
