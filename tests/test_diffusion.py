@@ -159,7 +159,7 @@ def test_closed_form_anonymizes_inside_and_keeps_outside():
 
 
 def test_closed_form_round_trip_error_falls_with_steps():
-    """Measured (prior samples, 2 faces): 10 steps ≈ 18 dB, 25 ≈ 25 dB, 50 ≈ 31.6 dB, 100 ≈ 37.9 dB.
+    """Measured (prior samples, 2 faces): 10 steps ≈ 18.7 dB, 25 ≈ 26.1 dB, 50 ≈ 32.3 dB, 100 ≈ 38.6 dB.
 
     Each of anonymize and deanonymize carries DDIM's discretization error once, so the round trip is
     ≈ 6 dB below DESIGN §6's single inversion figures (23/31/38/44); the error halves as steps double.

@@ -127,6 +127,8 @@ def test_world_readable_key_file_is_refused(tmp_path):
 def test_missing_key_file(tmp_path):
     with pytest.raises(KeyFileError, match="not found"):
         keys.load_master_key(tmp_path / "nope.key")
+    with pytest.raises(KeyFileError, match="is not a file"):
+        keys.load_master_key(tmp_path)
 
 
 def test_track_key_file_roundtrip(tmp_path):

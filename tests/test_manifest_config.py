@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_manifest():
     rng = np.random.default_rng(0)
-    header = {"format": "vidanon-manifest", "version": 1, "video_id": VID.hex(), "model": {"latent_shape": [3, 64, 64]}}
+    header = {"format": "vidanon-manifest", "version": 1, "video_id": VID.hex(), "model": {"latent_shape": [3, 64, 64]},
+              "diffusion": {"steps": 50}, "video": {"frames": 10}, "mask": {"feather": 8}}
     tks = {t: keys.track_key(MASTER, VID, t) for t in (0, 1)}
     masks = {}
     tracks = []
@@ -28,7 +29,8 @@ def make_manifest():
         faces = []
         for frame in (3, 4):
             masks[t, frame] = rng.random((64, 64)) > 0.5
-            faces.append({"frame": frame, "sealed": seal_mask(tks[t], VID, t, frame, masks[t, frame])})
+            faces.append({"frame": frame, "affine": [[1, 0, 0], [0, 1, 0]],
+                          "sealed": seal_mask(tks[t], VID, t, frame, masks[t, frame])})
         tracks.append({"id": t, "faces": faces})
     return Manifest(header, sign_tracks(header, tracks, tks)), tks, masks
 
@@ -74,6 +76,11 @@ def test_read_manifest_errors(tmp_path):
     m, _, _ = make_manifest()
     with pytest.raises(InputError, match="track 5 is not in this video"):
         m.track(5)
+    data = m.to_json()
+    del data["tracks"][1]["faces"][0]["sealed"]
+    bad.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="damaged or incomplete"):
+        read_manifest(bad)
 
 
 def test_default_yaml_documents_every_setting_with_its_default():

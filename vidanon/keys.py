@@ -65,6 +65,8 @@ def _read_secret(path: Path) -> str:
     path = Path(path)
     try:
         st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: is not a file")
         if st.st_mode & 0o077:
             raise KeyFileError(
                 f"{path}: key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"

@@ -107,6 +107,21 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
     write_atomic(path, json.dumps(manifest.to_json(), separators=(",", ":")).encode())
 
 
+def _well_formed(header: dict, tracks) -> bool:
+    """The fields restoration relies on are there and of the right kind (no KeyError halfway through a video)."""
+    try:
+        ok = (len(bytes.fromhex(header["video_id"])) == 16 and len(header["model"]["latent_shape"]) == 3
+              and isinstance(header["diffusion"]["steps"], int) and isinstance(header["video"]["frames"], int)
+              and isinstance(header["mask"]["feather"], int) and isinstance(tracks, list))
+        return ok and all(
+            isinstance(t["id"], int) and isinstance(t["mac"], str) and isinstance(t["faces"], list)
+            and all(isinstance(f["frame"], int) and isinstance(f["sealed"], str)
+                    and [len(row) for row in f["affine"]] == [3, 3] for f in t["faces"])
+            for t in tracks)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
 def read_manifest(path: str | os.PathLike) -> Manifest:
     path = Path(path)
     try:
@@ -119,10 +134,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise InputError(f"{path}: not a vidanon manifest")
     if data.get("version") != VERSION:
         raise InputError(f"{path}: manifest version {data.get('version')} is not supported by this vidanon (reads {VERSION})")
-    try:
-        tracks = data.pop("tracks")
-        bytes.fromhex(data["video_id"])
-        data["model"]["latent_shape"]
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{path}: manifest is missing required fields") from None
+    tracks = data.pop("tracks", None)
+    if not _well_formed(data, tracks):
+        raise InputError(f"{path}: manifest is damaged or incomplete (missing or malformed fields)")
     return Manifest(data, tracks)
