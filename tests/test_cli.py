@@ -146,12 +146,15 @@ def test_dry_run_rerun_and_overwrite(root, tree, master_key):
     assert sum(line.startswith("skipped") for line in p.stdout.splitlines()) == 3
     assert tree_state(out) == outputs
 
-    # --overwrite redoes a complete output: new video, new manifest (a fresh video_id).
-    old_id = json.loads((out / "cam1/day1/a.vidanon.json").read_text())["video_id"]
-    p = vidanon(root, "anonymize", "in/cam1/day1", "-o", "out/cam1/day1", "--key-file", master_key, "--overwrite", "-q", *FAST)
+    # --overwrite redoes every complete output: new videos, new manifests (fresh video_ids).
+    def ids():
+        return {g: json.loads((out / g).with_suffix(".vidanon.json").read_text())["video_id"] for g in GOOD}
+
+    old = ids()
+    p = vidanon(root, "anonymize", "in", "-o", "out", "--key-file", master_key, "--overwrite", "-q", *FAST)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines()[1].startswith("done")
-    assert json.loads((out / "cam1/day1/a.vidanon.json").read_text())["video_id"] != old_id
+    assert sum(line.startswith("done") for line in p.stdout.splitlines()) == 3
+    assert all(ids()[g] != old[g] for g in GOOD)
     assert set(tree_state(out)) == set(outputs)
 
 
