@@ -250,3 +250,13 @@ def test_compiled_unet_gives_the_same_faces():
     r = signs_for(eager, [0, 1])
     assert torch.allclose(diffusion.anonymize_faces(eager, x, m, r, steps=3),
                           diffusion.anonymize_faces(compiled, x, m, r, steps=3), atol=1e-4)
+
+
+def test_a_model_for_other_image_sizes_is_refused_before_any_file(tmp_path):
+    from vidanon.errors import VidanonError
+    from vidanon.pipeline import check_model
+
+    tiny = LatentDiffusion(*tiny_models(), COMPVIS_SCHEDULER, name="tiny", digest="-", device="cpu", dtype=torch.float32)
+    with pytest.raises(VidanonError, match="works on 64x64 images; vidanon aligns faces to 256x256"):
+        check_model(tiny)
+    check_model(GAUSS)

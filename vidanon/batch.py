@@ -302,9 +302,10 @@ def run_batch(
         if todo:  # torch and the models only when there is work: a rerun that skips everything is instant
             from .detect import make_detector
             from .models import load_model
-            from .pipeline import anonymize_video
+            from .pipeline import anonymize_video, check_model
 
             model = model or load_model(config.model, device=config.device, compile=config.compile)
+            check_model(model)  # a model that cannot serve stops the run before any file
             detector = detector or make_detector(config.detector, threshold=config.threshold,
                                                  device=config.device, min_face=config.min_face)
         for job in todo:

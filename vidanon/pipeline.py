@@ -198,6 +198,12 @@ def _process_frames(frames: Iterator[Frame], writer: VideoWriter, faces_of: Call
     return n_frames, n_faces
 
 
+def check_model(model) -> None:
+    if tuple(model.image_shape[1:]) != (CROP_SIZE, CROP_SIZE):
+        raise VidanonError(f"model {model.name!r} works on {model.image_shape[1]}x{model.image_shape[2]} images; "
+                           f"vidanon aligns faces to {CROP_SIZE}x{CROP_SIZE} (FFHQ / CelebA-HQ 256 LDMs)")
+
+
 def _batch_size(cfg: Config, model) -> int:
     return cfg.batch_size or (32 if model.device.type == "cuda" else 4)
 
@@ -262,6 +268,7 @@ def anonymize_video(
     master = _master(key)
     info = probe(src)
     model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
+    check_model(model)
     parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights, cfg.mask == "parser", cfg.device)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
@@ -401,6 +408,7 @@ def deanonymize_video(
     stored = {k: v for k, v in man.header["config"].items() if k in CONFIG_FIELDS}
     cfg = config or Config(**{**stored, "device": "auto"})
     model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
+    check_model(model)
     if model.digest != man.header["model"]["digest"]:
         log.warning("%s was made with model weights %s, restoring with %s: faces will not come back exactly",
                     src, man.header["model"]["digest"], model.digest)
