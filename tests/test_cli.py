@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from fractions import Fraction
 from pathlib import Path
 
@@ -374,7 +375,7 @@ def test_failed_redo_keeps_old_output_and_report(tmp_path):
     (out / ".x.vidanon.json.abc.partial").write_text("stale")
     (out / "y.mp4").write_bytes(b"video without manifest")
     jobs = batch.plan([src], out, overwrite=True)
-    sentinel = object()  # nothing is loaded when model and detector are given
+    sentinel = types.SimpleNamespace(name="stub", image_shape=(3, 256, 256))  # nothing is loaded when model and detector are given
     report = batch.run_batch(jobs, b"k" * 32, Config(model="testing:gaussian"), model=sentinel, detector=sentinel,
                              progress=False)
     assert [j.status for j in jobs] == ["failed", "failed"] and report.exit_code == 1
