@@ -22,10 +22,10 @@ import traceback
 from pathlib import Path
 
 from . import __version__, batch, keys
-from .config import FIELDS, Config, load_config
+from .config import FIELDS, Config, load_config, restore_config
 from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
 from .errors import InputError, ModelNotFoundError, VidanonError
-from .manifest import SUFFIX, Manifest, manifest_path, read_manifest
+from .manifest import SUFFIX, Manifest, manifest_for, manifest_path, read_manifest
 
 log = logging.getLogger("vidanon")
 D = Config()  # the defaults shown in --help
@@ -154,12 +154,12 @@ def cmd_anonymize(args) -> int:
 
 def _read_manifest_of(path: str) -> tuple[Path, Manifest]:
     """(video, manifest) for a video or for its manifest file (like pipeline.inspect_video, without importing torch)."""
-    path = Path(path)
+    path, man = Path(path), read_manifest(manifest_for(path))
     if not path.name.endswith(SUFFIX):
-        return path, read_manifest(manifest_path(path))
+        return path, man
     stem = path.name[: -len(SUFFIX)]
     videos = sorted(p for p in path.parent.glob(glob.escape(stem) + ".*") if p.suffix != ".json" and p.is_file())
-    return (videos[0] if videos else path.with_name(stem + ".mp4")), read_manifest(path)
+    return (videos[0] if videos else path.with_name(stem + ".mp4")), man
 
 
 def cmd_inspect(args) -> int:
@@ -219,9 +219,8 @@ def cmd_deanonymize(args) -> int:
         # A wrong master key is answered at once, before torch and the model load (the pipeline checks again).
         for tid in args.track or [t["id"] for t in man.tracks]:
             man.check_key(tid, keys.track_key(key, man.video_id, tid))
-    stored = {k: v for k, v in man.header["config"].items() if k in FIELDS}
-    flags = {k: getattr(args, k) for k in ("model", "device", "batch_size") if getattr(args, k) is not None}
-    cfg = Config(**{**stored, "device": "auto", **flags})  # the machine restoring may not be the one that anonymized
+    # the machine restoring may not be the one that anonymized
+    cfg = restore_config(man.header["config"], **{k: getattr(args, k) for k in ("model", "device", "batch_size")})
     from .pipeline import deanonymize_video
 
     result = deanonymize_video(src, dst, key, args.track or None, config=cfg, progress=not args.quiet)

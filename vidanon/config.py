@@ -89,3 +89,10 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
         return Config(**values)
     except InputError as e:
         raise InputError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def restore_config(stored: dict, **overrides) -> Config:
+    """The settings a video was anonymized with (from its manifest), for restoring it on this machine:
+    fields a newer vidanon added are ignored, the device is this machine's ("auto") unless overridden."""
+    known = {k: v for k, v in stored.items() if k in FIELDS}
+    return Config(**{**known, "device": "auto", **{k: v for k, v in overrides.items() if v is not None}})

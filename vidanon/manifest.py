@@ -31,6 +31,12 @@ def manifest_path(video: str | os.PathLike) -> Path:
     return video.with_name(video.stem + SUFFIX)
 
 
+def manifest_for(path: str | os.PathLike) -> Path:
+    """The manifest of an anonymized video, or `path` itself when it is a manifest."""
+    path = Path(path)
+    return path if path.name.endswith(SUFFIX) else manifest_path(path)
+
+
 def _aad(video_id: bytes, track_id: int, frame: int) -> bytes:
     return b"vidanon/face/v1|" + video_id + f"|{track_id}|{frame}".encode()
 

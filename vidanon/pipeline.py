@@ -30,12 +30,11 @@ from tqdm import tqdm
 
 from . import __version__, keys
 from .align import CROP_SIZE, crop_face, face_affine, landmarks_in_crop, paste_face, restore_crop
-from .config import FIELDS as CONFIG_FIELDS
-from .config import Config
+from .config import Config, restore_config
 from .detect import Detections, detect_upright, make_detector, onnx_providers
 from .diffusion import flip_faces
 from .errors import InputError, VidanonError
-from .manifest import FORMAT, VERSION, Manifest, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
+from .manifest import FORMAT, VERSION, Manifest, manifest_for, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
 from .masks import FaceParser, landmark_mask, latent_mask, load_face_parser, paste_alpha
 from .models import latent_numel, load_model
 from .track import TrackerConfig, track_faces
@@ -404,9 +403,7 @@ def deanonymize_video(
         raise InputError(f"{src}: is {info.width}x{info.height}, {info.frames or '?'} frames, but its manifest describes "
                          f"{made['width']}x{made['height']}, {made['frames']} frames: the video was re-encoded, resized or "
                          "cut after anonymization, or the manifest belongs to another video")
-    # the settings the video was made with (fields a newer vidanon added are ignored); the device is this machine's
-    stored = {k: v for k, v in man.header["config"].items() if k in CONFIG_FIELDS}
-    cfg = config or Config(**{**stored, "device": "auto"})
+    cfg = config or restore_config(man.header["config"])
     model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
     check_model(model)
     if model.digest != man.header["model"]["digest"]:
@@ -441,4 +438,4 @@ def deanonymize_video(
 def inspect_video(path: str | os.PathLike) -> Manifest:
     """The manifest of an anonymized video (or the manifest file itself)."""
     path = Path(path)
-    return read_manifest(path if path.name.endswith(".vidanon.json") else manifest_path(path))
+    return read_manifest(manifest_for(path))
