@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vidanon.detect import Detections
-from vidanon.track import TrackerConfig, track_faces
+from vidanon.track import Tracker, TrackerConfig, track_faces
 
 
 def dets(boxes, scores=None) -> Detections:
@@ -217,6 +217,33 @@ def test_distant_faces_are_not_joined_across_a_gap():
     check_contract(inp, out)
     assert int(own_ids(out, inp)[0][0]) == 0 and int(own_ids(out, inp)[-1][0]) == 1
     assert all(len(out[f]) == 0 for f in range(10, 13))
+
+
+def test_online_tracker_hands_each_frame_out_a_bounded_number_of_frames_behind():
+    # What lets the pipeline detect ahead in one thread and anonymize behind in another:
+    # every frame comes out, in order, at most extend + 4·(max_gap + 1) frames after it went
+    # in, already holding the gap fills and extensions that later frames give it.
+    rng = np.random.default_rng(99)
+    added = 0
+    for trial in range(40):
+        config = TrackerConfig(max_gap=int(rng.integers(0, 13)), extend=int(rng.integers(0, 16)))
+        n_frames, k = int(rng.integers(1, 150)), int(rng.integers(1, 4))
+        start, velocity = rng.uniform(50, 400, (k, 2)), rng.normal(0, 4, (k, 2))
+        inp = [dets([box(*(start[j] + velocity[j] * f), 40) for j in range(k) if rng.random() > 0.4])
+               for f in range(n_frames)]
+        tracker, out, worst = Tracker(config), [], 0
+        for i, d in enumerate(inp):
+            out += tracker.push(d)
+            worst = max(worst, i + 1 - len(out))
+        out += tracker.finish()
+        assert worst <= config.extend + 4 * (config.max_gap + 1)
+        check_contract(inp, out)
+        reference = track_faces(inp, config)
+        for a, b in zip(out, reference):
+            np.testing.assert_array_equal(a.xyxy, b.xyxy)
+            np.testing.assert_array_equal(a.track_id, b.track_id)
+        added += sum(map(len, out)) - sum(map(len, inp))
+    assert added > 1000  # gaps and ends were filled
 
 
 def test_config_is_validated():

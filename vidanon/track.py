@@ -1,8 +1,12 @@
-"""Offline face tracking over a whole video: track ids, gap filling, extension.
+"""Face tracking with look-ahead: track ids, gap filling, extension.
 
-Pass 1 of the pipeline detects faces in every frame and keeps only the small
-per-frame `Detections`; `track_faces` then runs over the whole list at once (so it
-may look ahead) and pass 2 anonymizes with the tracks known.
+`Tracker` takes one frame's detections at a time and hands back each frame once
+nothing later can change it: a bounded number of frames behind (at most
+extend + 4·(max_gap + 1), 56 with the defaults: a young track's backward
+extension waits for its first five detections, which give its start velocity).
+So the pipeline can detect ahead in one thread while it anonymizes behind in
+another, and the result is the same as tracking the whole video at once
+(`track_faces`).
 
 Contract (a privacy tool: a missed face is the worst error):
 
@@ -36,14 +40,15 @@ IoU 0.25 with its previous box).
 
 Why not a maintained tracker (roboflow `trackers` ByteTrack, `supervision`)?
 They drop unconfirmed and low-score detections and do not fill gaps, which
-violates the first rule above; this tracker is small and runs offline with the
-whole video in view. Cost is linear in frames (90k frames x 3 faces in seconds).
+violates the first rule above; this tracker is small and looks far enough ahead
+to fill gaps from both sides. Cost is linear in frames (90k frames x 3 faces in seconds).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -114,60 +119,178 @@ def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig) -> tuple[n
     return ti[good], di[good]
 
 
-def _associate(xyxy: np.ndarray, offsets: np.ndarray, config: TrackerConfig) -> np.ndarray:
-    """Forward pass over frames: the track id of every detection (rows of `xyxy`;
-    frame f holds rows offsets[f]:offsets[f+1]). Few numpy calls per frame: it runs
-    90k times an hour of video."""
-    track_of = np.full(len(xyxy), -1, dtype=np.int64)
-    boxes_cs = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-    n_tracks = 0
-    # The live tracks (those that may still be matched), one row each.
-    ids = np.empty(0, dtype=np.int64)
-    last = np.empty(0)  # frame of the last detection
-    state = np.empty((0, 6))  # centre x, y, width, height, velocity x, y (px/frame)
-    gain = np.empty(0)  # velocity update weight: 1 for a track's first measurement, then 1/2
-    for f in range(len(offsets) - 1):
-        lo, hi = int(offsets[f]), int(offsets[f + 1])
-        if len(ids) and f - last.min() - 1 > config.max_gap:
-            keep = f - last - 1 <= config.max_gap
-            ids, last, state, gain = ids[keep], last[keep], state[keep], gain[keep]
-        if lo == hi:
-            continue
-        new = np.arange(lo, hi)
-        if len(ids):
-            steps = f - last
+class _Face(NamedTuple):
+    frame: int
+    box: np.ndarray  # xyxy, float64
+    landmarks: np.ndarray  # (5, 2), float64
+    score: float
+
+
+@dataclass
+class _Track:
+    """What gap filling and extension need of a live track: its first and last few detections."""
+
+    head: list[_Face]  # the first up to _VELOCITY_SPAN detections
+    tail: deque = field(default_factory=lambda: deque(maxlen=_VELOCITY_SPAN))  # the last ones
+    extended_back: bool = False
+
+
+def _extension(end: list[_Face], sign: int, extend: int) -> Iterator[_Face]:
+    """Faces beyond a track's end: `end` holds its end detections, from the end inwards; sign -1 = before.
+    Constant velocity (over those detections), at most half a box from the end face."""
+    frames = np.array([face.frame for face in end])
+    centers = np.array([(face.box[:2] + face.box[2:]) / 2 for face in end])
+    k = len(end) - 1
+    velocity = np.zeros(2) if k == 0 else (centers[k] - centers[0]) / (frames[k] - frames[0])
+    last = end[0]
+    half = (last.box[2:] - last.box[:2]) / 2
+    for step in range(1, extend + 1):
+        shift = np.clip(velocity * sign * step, -half, half)
+        yield _Face(last.frame + sign * step, last.box + np.tile(shift, 2), last.landmarks + shift, last.score)
+
+
+class Tracker:
+    """Online form of `track_faces`: push() each frame's detections in order, then finish().
+
+    Both return the frames that became final, in order, each with its track ids and added faces
+    (see the module docstring); over a whole video they return exactly what `track_faces` does.
+    """
+
+    def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
+        self.config = config
+        self._next = 0  # index of the next frame to push
+        self._n_tracks = 0
+        # Live tracks (those that may still be matched), one row each, for the vectorized matching.
+        self._ids = np.empty(0, dtype=np.int64)
+        self._last = np.empty(0)  # frame of the last detection
+        self._state = np.empty((0, 6))  # centre x, y, width, height, velocity x, y (px/frame)
+        self._gain = np.empty(0)  # velocity update weight: 1 for a track's first measurement, then 1/2
+        self._tracks: dict[int, _Track] = {}
+        # Frames pushed but not final: (own rows with track ids, [(track id, added face)]).
+        self._pending: deque[tuple[Detections, list[tuple[int, _Face]]]] = deque()
+        self._first_pending = 0
+        self._later: dict[int, list[tuple[int, _Face]]] = {}  # added faces for frames not pushed yet
+
+    def push(self, dets: Detections) -> list[Detections]:
+        f = self._next
+        self._next += 1
+        xyxy = dets.xyxy.astype(np.float64)
+        marks = dets.landmarks.astype(np.float64)
+        track_of = self._associate(f, xyxy)
+        self._pending.append((dets.with_tracks(track_of), self._later.pop(f, [])))
+        for row, tid in enumerate(track_of.tolist()):
+            face = _Face(f, xyxy[row], marks[row], dets.score[row])
+            track = self._tracks.get(tid)
+            if track is None:
+                track = self._tracks[tid] = _Track(head=[])
+            elif f - track.tail[-1].frame > 1:  # a gap: linear interpolation between the neighbours
+                prev = track.tail[-1]
+                fill_score = float(min(prev.score, face.score))
+                for g in range(prev.frame + 1, f):
+                    t = (g - prev.frame) / (f - prev.frame)
+                    self._add(tid, _Face(g, (1 - t) * prev.box + t * face.box,
+                                         (1 - t) * prev.landmarks + t * face.landmarks, fill_score))
+            if len(track.head) < _VELOCITY_SPAN:
+                track.head.append(face)
+                if len(track.head) == _VELOCITY_SPAN:
+                    self._extend_back(tid)
+            track.tail.append(face)
+        # Tracks that cannot be matched at the next frame have ended.
+        keep = f - self._last <= self.config.max_gap
+        for tid in self._ids[~keep].tolist():
+            self._close(tid, end=None)
+        self._ids, self._last, self._state, self._gain = (a[keep] for a in (self._ids, self._last, self._state, self._gain))
+        return self._emit(self._final_before())
+
+    def finish(self) -> list[Detections]:
+        """End of the video: close the live tracks (extensions stop at the last frame), return the rest."""
+        for tid in sorted(self._tracks):
+            self._close(tid, end=self._next)
+        self._ids, self._last, self._state, self._gain = self._ids[:0], self._last[:0], self._state[:0], self._gain[:0]
+        self._later.clear()
+        return self._emit(self._next)
+
+    def _associate(self, f: int, xyxy: np.ndarray) -> np.ndarray:
+        """Track id of each detection of frame f; unmatched ones start tracks, in row order."""
+        track_of = np.full(len(xyxy), -1, dtype=np.int64)
+        if not len(xyxy):
+            return track_of
+        boxes_cs = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        new = np.arange(len(xyxy))
+        if len(self._ids):
+            state = self._state
+            steps = f - self._last
             pred_c = state[:, :2] + steps[:, None] * state[:, 4:]
             half = state[:, 2:4] / 2
-            ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy[lo:hi], config)
-            rows = lo + di
-            measured = (boxes_cs[rows, :2] - state[ti, :2]) / steps[ti, None]
-            state[ti, 4:] += gain[ti, None] * (measured - state[ti, 4:])  # halves detector jitter
-            state[ti, :4] = boxes_cs[rows]
-            gain[ti] = 0.5
-            last[ti] = f
-            track_of[rows] = ids[ti]
-            if len(rows) < hi - lo:
-                new = np.setdiff1d(new, rows)
-            else:
-                continue
-        # Unmatched rows start tracks, in row order: ids follow order of first appearance.
-        new_ids = n_tracks + np.arange(len(new))
-        n_tracks += len(new)
+            ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy, self.config)
+            measured = (boxes_cs[di, :2] - state[ti, :2]) / steps[ti, None]
+            state[ti, 4:] += self._gain[ti, None] * (measured - state[ti, 4:])  # halves detector jitter
+            state[ti, :4] = boxes_cs[di]
+            self._gain[ti] = 0.5
+            self._last[ti] = f
+            track_of[di] = self._ids[ti]
+            if len(di) == len(xyxy):
+                return track_of
+            new = np.setdiff1d(new, di)
+        new_ids = self._n_tracks + np.arange(len(new))
+        self._n_tracks += len(new)
         track_of[new] = new_ids
-        ids = np.concatenate([ids, new_ids])
-        last = np.concatenate([last, np.full(len(new), float(f))])
-        new_state = np.concatenate([boxes_cs[new], np.zeros((len(new), 2))], axis=1)
-        state = np.concatenate([state, new_state])
-        gain = np.concatenate([gain, np.ones(len(new))])
-    return track_of
+        self._ids = np.concatenate([self._ids, new_ids])
+        self._last = np.concatenate([self._last, np.full(len(new), float(f))])
+        self._state = np.concatenate([self._state, np.concatenate([boxes_cs[new], np.zeros((len(new), 2))], axis=1)])
+        self._gain = np.concatenate([self._gain, np.ones(len(new))])
+        return track_of
 
+    def _add(self, tid: int, face: _Face) -> None:
+        if face.frame >= self._next:
+            self._later.setdefault(face.frame, []).append((tid, face))
+        elif face.frame >= 0:
+            assert face.frame >= self._first_pending, "a face added to a frame already handed out"
+            self._pending[face.frame - self._first_pending][1].append((tid, face))
 
-def _end_velocity(centers: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """Mean velocity over the first up to _VELOCITY_SPAN detections of the given order."""
-    k = min(_VELOCITY_SPAN, len(frames)) - 1
-    if k == 0:
-        return np.zeros(2)
-    return (centers[k] - centers[0]) / (frames[k] - frames[0])
+    def _extend_back(self, tid: int) -> None:
+        track = self._tracks[tid]
+        track.extended_back = True
+        for face in _extension(track.head, -1, self.config.extend):
+            self._add(tid, face)
+
+    def _close(self, tid: int, end: int | None) -> None:
+        """Track `tid` has ended: extend it at both ends (not at or past frame `end`)."""
+        if not self._tracks[tid].extended_back:
+            self._extend_back(tid)
+        track = self._tracks.pop(tid)
+        for face in _extension(list(reversed(track.tail)), 1, self.config.extend):
+            if end is not None and face.frame >= end:
+                break
+            self._add(tid, face)
+
+    def _final_before(self) -> int:
+        """Frames before this one can no longer change: no live track can add a face to them."""
+        bound = self._next - self.config.extend  # a track starting at the next frame extends back to here
+        if len(self._last):
+            bound = min(bound, int(self._last.min()) + 1)  # a live track may fill a gap or extend after its last face
+        for track in self._tracks.values():
+            if not track.extended_back:  # waits for its start velocity
+                bound = min(bound, track.head[0].frame - self.config.extend)
+        return bound
+
+    def _emit(self, before: int) -> list[Detections]:
+        out = []
+        while self._pending and self._first_pending < before:
+            own, added = self._pending.popleft()
+            self._first_pending += 1
+            if not added:
+                out.append(own)
+                continue
+            added.sort(key=lambda a: a[0])
+            out.append(Detections.concat([own, Detections(
+                xyxy=np.array([face.box for _, face in added], dtype=np.float32),
+                landmarks=np.array([face.landmarks for _, face in added], dtype=np.float32).reshape(-1, 5, 2),
+                score=np.array([face.score for _, face in added], dtype=np.float32),
+                track_id=np.array([tid for tid, _ in added], dtype=np.int64),
+                interpolated=np.ones(len(added), dtype=bool),
+            )]))
+        return out
 
 
 def track_faces(
@@ -180,60 +303,6 @@ def track_faces(
     tracks are extended by `extend` frames at both ends, added faces come after the
     frame's own rows with interpolated=True.
     """
-    n_frames = len(per_frame)
-    # Work on all detections of the video at once; frame f holds rows offsets[f]:offsets[f+1].
-    offsets = np.concatenate([[0], np.cumsum([len(d) for d in per_frame])]).astype(np.int64)
-    if offsets[-1] == 0:
-        return [d.with_tracks(np.empty(0, dtype=np.int64)) for d in per_frame]
-    xyxy = np.concatenate([d.xyxy for d in per_frame]).astype(np.float64)
-    marks = np.concatenate([d.landmarks for d in per_frame]).astype(np.float64)
-    scores = np.concatenate([d.score for d in per_frame])
-    frame_of = np.repeat(np.arange(n_frames), np.diff(offsets))
-    track_of = _associate(xyxy, offsets, config)
-
-    added: list[list[tuple[int, np.ndarray, np.ndarray, float]]] = [[] for _ in range(n_frames)]
-    order = np.argsort(track_of, kind="stable")  # rows grouped by track, in frame order
-    starts = np.flatnonzero(np.diff(track_of[order], prepend=-1))
-    for rows in np.split(order, starts[1:]):
-        tid = int(track_of[rows[0]])
-        frames, boxes, lms, score = frame_of[rows], xyxy[rows], marks[rows], scores[rows]
-
-        # Gaps: linear interpolation of boxes and landmarks between the neighbours.
-        for i in np.flatnonzero(np.diff(frames) > 1):
-            f0, f1 = frames[i], frames[i + 1]
-            fill_score = float(min(score[i], score[i + 1]))
-            for f in range(f0 + 1, f1):
-                t = (f - f0) / (f1 - f0)
-                box = (1 - t) * boxes[i] + t * boxes[i + 1]
-                lm = (1 - t) * lms[i] + t * lms[i + 1]
-                added[f].append((tid, box, lm, fill_score))
-
-        # Extension at both ends: constant velocity, at most half a box from the end face.
-        centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-        for end, sign in ((0, -1), (-1, 1)):
-            velocity = _end_velocity(centers[::-sign], frames[::-sign])
-            half = (boxes[end, 2:] - boxes[end, :2]) / 2
-            for k in range(1, config.extend + 1):
-                f = int(frames[end]) + sign * k
-                if not 0 <= f < n_frames:
-                    break
-                shift = np.clip(velocity * sign * k, -half, half)
-                box = boxes[end] + np.tile(shift, 2)
-                added[f].append((tid, box, lms[end] + shift, float(score[end])))
-
-    out = []
-    for f, dets in enumerate(per_frame):
-        own = dets.with_tracks(track_of[offsets[f] : offsets[f + 1]])
-        if not added[f]:
-            out.append(own)
-            continue
-        extra = sorted(added[f], key=lambda a: a[0])
-        new = Detections(
-            xyxy=np.array([a[1] for a in extra], dtype=np.float32),
-            landmarks=np.array([a[2] for a in extra], dtype=np.float32).reshape(-1, 5, 2),
-            score=np.array([a[3] for a in extra], dtype=np.float32),
-            track_id=np.array([a[0] for a in extra], dtype=np.int64),
-            interpolated=np.ones(len(extra), dtype=bool),
-        )
-        out.append(Detections.concat([own, new]))
-    return out
+    tracker = Tracker(config)
+    out = [final for dets in per_frame for final in tracker.push(dets)]
+    return out + tracker.finish()
