@@ -3,6 +3,7 @@
 Clips are generated from faces that installed packages ship (tests/synth.py), with ground truth.
 """
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -275,6 +276,41 @@ def test_parser_mask_never_less_than_the_landmark_template():
     template = latent_mask(landmark_mask(lm)).astype(bool)
     assert method == "parser+landmarks" and mask.astype(bool)[template].all()
     assert _mask_for(np.zeros((256, 256, 3), np.float32), lm, None)[1] == "landmarks"
+
+
+def test_detection_runs_alongside_the_core_not_before_it(tmp_path, monkeypatch):
+    """On a GPU the core should not sit idle while a long video is first detected end to end:
+    the detector is held at frame 30 until the core has run, which only a pipeline that
+    anonymizes behind the detection pass (not after it) can do. The output is complete."""
+    import threading
+
+    from vidanon import pipeline
+    from vidanon.detect import make_detector
+
+    core_ran, waited = threading.Event(), []
+    run_core = pipeline.run_core
+
+    def core(*a, **k):
+        core_ran.set()
+        run_core(*a, **k)
+
+    centerface = make_detector("centerface", threshold=0.5, device="cpu")
+    calls = 0
+
+    def detector(rgb):
+        nonlocal calls
+        calls += 1
+        if calls == 30:
+            waited.append(core_ran.wait(timeout=30))
+        return centerface(rgb)
+
+    monkeypatch.setattr(pipeline, "run_core", core)
+    clip = synth.crossing_clip(tmp_path / "c.mp4", frames=40)
+    cfg = dataclasses.replace(FAST, max_gap=2, extend=2, batch_size=2)  # the tracker hands frames on <= 14 behind
+    result = anonymize_video(clip.path, tmp_path / "c.anon.mp4", MASTER, cfg, detector=detector, progress=False)
+    assert waited == [True], "the core did not run until detection had finished"
+    assert result.frames == 40 and calls == 40
+    assert sum(len(t["faces"]) for t in inspect_video(tmp_path / "c.anon.mp4").tracks) == result.faces
 
 
 @pytest.mark.parametrize("stage", ["core", "detector"])

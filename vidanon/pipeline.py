@@ -1,11 +1,12 @@
 """Video in, video out: anonymize every face, or restore chosen people with a key (DESIGN.md §1).
 
-Anonymizing runs in two passes over the file. Pass 1 decodes and detects every frame, keeping
-only the boxes; tracking then runs over the whole video, so gaps can be filled from both sides
-and every detection keeps a track. Pass 2 decodes again, crops and masks every face, runs the
-diffusion core in batches that gather faces across frames and tracks, pastes the faces back
-and encodes; preparing, the core, and pasting + encoding run in three threads so the core
-stays busy. Memory is bounded by a window of frames in flight, whatever the video's length.
+Anonymizing decodes the file twice at once. Pass 1 detects faces in every frame and tracks them,
+running ahead: the tracker hands a frame on once no later frame can change it (a few dozen frames
+behind), so gaps are filled from both sides and every detection keeps a track. Pass 2 follows
+behind it: it crops and masks every face, runs the diffusion core in batches that gather faces
+across frames and tracks, pastes the faces back and encodes. Detection, preparing, the core, and
+pasting + encoding run in their own threads so the core stays busy. Memory is bounded by the
+windows in flight, whatever the video's length.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +39,13 @@ from .errors import InputError, VidanonError
 from .manifest import FORMAT, VERSION, Manifest, manifest_for, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
 from .masks import FaceParser, landmark_mask, latent_mask, load_face_parser, paste_alpha
 from .models import latent_numel, load_model
-from .track import TrackerConfig, track_faces
+from .track import Tracker, TrackerConfig
 from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
 
 log = logging.getLogger(__name__)
 
 ALIGNMENT = "ffhq-5point-v1"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class FaceJob:
     """One face of one frame on its way through the core."""
 
     track: int
+    signs: np.ndarray  # (n,) float32 ±1: its track's flip vector (kept per face: ~12k floats, cheap next to the crop)
     affine: np.ndarray  # 2×3 frame -> crop
     crop: np.ndarray  # (256, 256, 3) float32 in 0..255
     mask: np.ndarray  # (h, w) bool latent mask
@@ -76,13 +80,13 @@ class FaceJob:
     out: np.ndarray | None = None  # (256, 256, 3) uint8 after the core
 
 
-def run_core(model, jobs: list[FaceJob], signs: dict[int, np.ndarray], steps: int, batch_size: int) -> None:
+def run_core(model, jobs: list[FaceJob], steps: int, batch_size: int) -> None:
     """Run the key flip on every job, batch_size faces at a time (faces of any tracks share a batch)."""
     for i in range(0, len(jobs), batch_size):
         batch = jobs[i : i + batch_size]
         x = torch.from_numpy(np.stack([j.crop for j in batch])).permute(0, 3, 1, 2) / 127.5 - 1
         m = torch.from_numpy(np.stack([j.mask for j in batch]).astype(np.float32))
-        r = torch.from_numpy(np.stack([signs[j.track] for j in batch]))
+        r = torch.from_numpy(np.stack([j.signs for j in batch]))
         if model.device.type == "cuda":
             x, m, r = (t.pin_memory().to(model.device, non_blocking=True) for t in (x, m, r))
         y = flip_faces(model, x, m, r, steps)
@@ -135,14 +139,15 @@ def _prefetch(items: Iterable, depth: int) -> Iterator:
         thread.join(timeout=5)
 
 
-def _windows(frames: Iterator[Frame], faces_of: Callable[[Frame], list[FaceJob]], batch_size: int, pool: ThreadPoolExecutor):
+def _windows(frames: Iterator[tuple[Frame, T]], faces_of: Callable[[Frame, T], list[FaceJob]], batch_size: int,
+             pool: ThreadPoolExecutor):
     """Group frames into windows holding about one batch of faces (bounded: at most 2·batch_size frames).
     The faces of a few frames at a time are prepared in parallel (crop, mask; restore's least squares)."""
     window: list[Frame] = []
     jobs: list[FaceJob] = []
     with contextlib.closing(frames):  # stopping here stops the stage feeding us
         while chunk := list(itertools.islice(frames, 8)):
-            for frame, faces in zip(chunk, pool.map(faces_of, chunk)):
+            for (frame, _), faces in zip(chunk, pool.map(lambda item: faces_of(*item), chunk)):
                 for job in faces:
                     job.slot = len(window)
                 jobs.extend(faces)
@@ -154,18 +159,19 @@ def _windows(frames: Iterator[Frame], faces_of: Callable[[Frame], list[FaceJob]]
             yield window, jobs
 
 
-def _with_core(windows: Iterator, model, signs: dict[int, np.ndarray], steps: int, batch_size: int):
+def _with_core(windows: Iterator, model, steps: int, batch_size: int):
     with contextlib.closing(windows):
         for window, jobs in windows:
-            run_core(model, jobs, signs, steps, batch_size)
+            run_core(model, jobs, steps, batch_size)
             yield window, jobs
 
 
-def _process_frames(frames: Iterator[Frame], writer: VideoWriter, faces_of: Callable[[Frame], list[FaceJob]],
-                    model, signs: dict[int, np.ndarray], steps: int, batch_size: int, bar: tqdm,
+def _process_frames(frames: Iterator[tuple[Frame, T]], writer: VideoWriter, faces_of: Callable[[Frame, T], list[FaceJob]],
+                    model, steps: int, batch_size: int, bar: tqdm,
                     written: Callable[[list[FaceJob]], None] = lambda jobs: None) -> tuple[int, int]:
     """Three stages in three threads, so the core never waits for the CPU work around it:
     decode + crop + mask  ->  diffusion core  ->  paste back + encode (here), in frame order.
+    `frames` pairs each frame with what faces_of needs to find its faces (detections, manifest entries).
     Each hand-over queue holds two windows, which bounds memory whatever the video's length.
     CPU work inside a stage (preparing faces, pasting frames) is spread over a thread pool
     (NumPy and OpenCV release the GIL: pasting measured 1.9× faster on 2 cores).
@@ -183,7 +189,7 @@ def _process_frames(frames: Iterator[Frame], writer: VideoWriter, faces_of: Call
     n_frames = n_faces = 0
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1), "vidanon-work") as pool:
         stages = _prefetch(_with_core(_prefetch(_windows(_prefetch(frames, depth=8), faces_of, batch_size, pool), depth=2),
-                                      model, signs, steps, batch_size), depth=2)
+                                      model, steps, batch_size), depth=2)
         with contextlib.closing(stages):
             for window, jobs in stages:
                 by_frame: dict[int, list[FaceJob]] = {}
@@ -234,17 +240,28 @@ def _face_parser(weights: str | None, download: bool, device: str) -> FaceParser
     return load_face_parser(weights, download=download, providers=onnx_providers(device))
 
 
-def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True) -> list[Detections]:
-    """Pass 1: detections for every frame, then tracks over the whole video (each detection gets a track id)."""
+def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True) -> Iterator[Detections]:
+    """Pass 1: every frame's faces, each with a track id (plus the faces the tracker adds), in frame order,
+    each as soon as it is final: a bounded number of frames behind detection (see track.Tracker)."""
     detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
-    per_frame = []
+    tracker = Tracker(TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
     frames = _prefetch(read_frames(path, info), depth=4)
     with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
             contextlib.closing(frames):
         for frame in frames:
-            per_frame.append(detect_upright(detector, frame.rgb, info.rotation))
+            yield from tracker.push(detect_upright(detector, frame.rgb, info.rotation))
             bar.update()
-    return track_faces(per_frame, TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
+    yield from tracker.finish()
+
+
+def _paired(frames: Iterator[Frame], tracked: Iterator[Detections]) -> Iterator[tuple[Frame, Detections]]:
+    """Pass 2's frames with pass 1's faces. Both passes decode the same file, so they agree on the frame
+    count; if they ever did not, this fails the file rather than pass a frame on without its faces."""
+    with contextlib.closing(frames), contextlib.closing(tracked):
+        for frame, dets in itertools.zip_longest(frames, tracked):
+            if frame is None or dets is None:
+                raise VidanonError("the detection pass and the anonymizing pass decoded different frame counts")
+            yield frame, dets
 
 
 def anonymize_video(
@@ -271,22 +288,21 @@ def anonymize_video(
     parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights, cfg.mask == "parser", cfg.device)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
-    _output_folder(dst)  # an unusable output folder is reported now, not after the detection pass
-    tracked = detect_and_track(src, info, cfg, detector, progress)
+    detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+    _output_folder(dst)  # an unusable output folder is reported now, not after decoding starts
 
     video_id = secrets.token_bytes(16)
     n = latent_numel(model)
-    track_ids = sorted({int(t) for d in tracked for t in d.track_id})
-    tkeys = {t: keys.track_key(master, video_id, t) for t in track_ids}
-    signs = {t: keys.flip_signs(tkeys[t], n) for t in track_ids}
-    records: dict[int, list[dict]] = {t: [] for t in track_ids}
+    tkeys: dict[int, bytes] = {}  # track id -> key, filled as tracks appear
+    records: dict[int, list[dict]] = {}
     mask_methods: set[str] = set()
 
-    def faces_of(frame: Frame) -> list[FaceJob]:
-        dets = tracked[frame.index] if frame.index < len(tracked) else Detections.empty()
+    def faces_of(frame: Frame, dets: Detections) -> list[FaceJob]:
         jobs = []
         for i in range(len(dets)):
             tid = int(dets.track_id[i])
+            if tid not in tkeys:  # several worker threads may derive it at once: same bytes, harmless
+                tkeys[tid] = keys.track_key(master, video_id, tid)
             affine, lm = face_affine(dets.landmarks[i], dets.xyxy[i])
             crop = crop_face(frame.rgb, affine)
             mask, method = _mask_for(crop, landmarks_in_crop(lm, affine), parser)
@@ -299,28 +315,30 @@ def anonymize_video(
                 "interpolated": bool(dets.interpolated[i]),
                 "sealed": seal_mask(tkeys[tid], video_id, tid, frame.index, mask),
             }
-            jobs.append(FaceJob(tid, affine, crop.astype(np.float32), mask, paste_alpha(mask, feather=cfg.feather),
-                                record, method))
+            jobs.append(FaceJob(tid, keys.flip_signs(tkeys[tid], n), affine, crop.astype(np.float32), mask,
+                                paste_alpha(mask, feather=cfg.feather), record, method))
         return jobs
 
     def written(jobs: list[FaceJob]) -> None:  # in frame order, so each track's faces are too
         for job in jobs:
-            records[job.track].append(job.record)
+            records.setdefault(job.track, []).append(job.record)
             mask_methods.add(job.method)
 
     batch = _batch_size(cfg, model)
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
         with tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
-            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, cfg.steps, batch, bar,
-                                            written)
+            # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
+            tracked = _prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
+            frames, faces = _process_frames(_paired(read_frames(src, info), tracked), writer, faces_of, model, cfg.steps,
+                                            batch, bar, written)
         header = _header(info, cfg, model, video_id, sorted(mask_methods) or [cfg.mask], frames)
-        tracks = [_track_entry(t, records[t]) for t in track_ids]
+        tracks = [_track_entry(t, records[t]) for t in sorted(records)]
         manifest = Manifest(header, sign_tracks(header, tracks, tkeys))
         # The manifest's final name is the mark of a complete output: rename the video first.
         mpath = manifest_path(dst)
         writer.close()
     write_manifest(mpath, manifest)
-    return Result(src, dst, mpath, frames, faces, len(track_ids), time.monotonic() - t0)
+    return Result(src, dst, mpath, frames, faces, len(records), time.monotonic() - t0)
 
 
 def _output_folder(dst: Path) -> None:
@@ -414,20 +432,20 @@ def deanonymize_video(
     by_frame = man.faces_by_frame(tkeys)
     steps, feather = man.header["diffusion"]["steps"], man.header["mask"]["feather"]
 
-    def faces_of(frame: Frame) -> list[FaceJob]:
+    def faces_of(frame: Frame, faces: list[tuple[int, dict]]) -> list[FaceJob]:
         jobs = []
-        for tid, face in by_frame.get(frame.index, ()):
+        for tid, face in faces:
             mask = unseal_mask(tkeys[tid], man.video_id, tid, face["frame"], face["sealed"], man.latent_hw)
             affine = np.array(face["affine"], dtype=np.float64)
             alpha = paste_alpha(mask, feather=feather)
-            jobs.append(FaceJob(tid, affine, restore_crop(frame.rgb, affine, alpha), mask, alpha))
+            jobs.append(FaceJob(tid, signs[tid], affine, restore_crop(frame.rgb, affine, alpha), mask, alpha))
         return jobs
 
     _output_folder(dst)
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
         with tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
-            frames, faces = _process_frames(read_frames(src, info), writer, faces_of, model, signs, steps,
-                                            _batch_size(cfg, model), bar)
+            frames, faces = _process_frames(((f, by_frame.pop(f.index, [])) for f in read_frames(src, info)), writer,
+                                            faces_of, model, steps, _batch_size(cfg, model), bar)
         if frames != made["frames"]:  # containers that store no frame count are checked here, before the rename
             raise InputError(f"{src}: has {frames} frames but its manifest describes {made['frames']}: "
                              "the video was cut or re-encoded after anonymization")
