@@ -11,32 +11,63 @@ import yaml
 from vidanon import keys
 from vidanon.config import Config, load_config
 from vidanon.errors import InputError, WrongKeyError
-from vidanon.manifest import Manifest, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
+from vidanon.manifest import FaceLog, _signed_part, read_manifest, seal_mask, unseal_mask, write_manifest
 
 MASTER = bytes(range(32))
 VID = bytes(range(16))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_manifest():
+HEADER = {"format": "vidanon-manifest", "version": 1, "video_id": VID.hex(), "model": {"latent_shape": [3, 64, 64]},
+          "diffusion": {"steps": 50}, "video": {"frames": 10}, "mask": {"feather": 8}}
+
+
+def make_manifest(path: Path):
+    """Written the way a run writes it (faces in frame order, tracks interleaved), then read back."""
     rng = np.random.default_rng(0)
-    header = {"format": "vidanon-manifest", "version": 1, "video_id": VID.hex(), "model": {"latent_shape": [3, 64, 64]},
-              "diffusion": {"steps": 50}, "video": {"frames": 10}, "mask": {"feather": 8}}
     tks = {t: keys.track_key(MASTER, VID, t) for t in (0, 1)}
     masks = {}
-    tracks = []
-    for t in (0, 1):
-        faces = []
+    with FaceLog() as log:
         for frame in (3, 4):
-            masks[t, frame] = rng.random((64, 64)) > 0.5
-            faces.append({"frame": frame, "affine": [[1, 0, 0], [0, 1, 0]],
-                          "sealed": seal_mask(tks[t], VID, t, frame, masks[t, frame])})
-        tracks.append({"id": t, "faces": faces})
-    return Manifest(header, sign_tracks(header, tracks, tks)), tks, masks
+            for t in (1, 0):
+                masks[t, frame] = rng.random((64, 64)) > 0.5
+                log.add(t, {"frame": frame, "pts": 1000 * frame, "affine": [[1, 0, 0], [0, 1, 0]], "score": 0.1 * frame + 1e-7,
+                            "sealed": seal_mask(tks[t], VID, t, frame, masks[t, frame])})
+        write_manifest(path, HEADER, log, tks)
+    return read_manifest(path), tks, masks
 
 
-def test_sealed_mask_round_trip_and_binding():
-    m, tks, masks = make_manifest()
+def test_manifest_streamed_from_the_face_log_reads_back_and_verifies(tmp_path):
+    m, tks, masks = make_manifest(tmp_path / "v.vidanon.json")
+    assert m.header == HEADER and [t["id"] for t in m.tracks] == [0, 1]
+    for t in m.tracks:
+        assert (t["first_frame"], t["last_frame"], t["first_pts"], t["last_pts"]) == (3, 4, 3000, 4000)
+        assert [f["frame"] for f in t["faces"]] == [3, 4] and t["faces"][1]["score"] == 0.4 + 1e-7
+        # The MAC written while streaming is the one a reader recomputes from the parsed JSON.
+        assert keys.mac(tks[t["id"]], _signed_part(m.header, t)) == t["mac"]
+        m.check_key(t["id"], tks[t["id"]])
+
+
+def test_face_log_keeps_face_entries_out_of_memory():
+    """An hour of a busy camera is ~360k face entries of ~1.2 KB: they must not pile up in memory."""
+    import tracemalloc
+
+    face = {"frame": 0, "pts": 0, "affine": [[0.5, 0.01, 3.25], [-0.01, 0.5, 7.5]], "box": [1.5, 2.5, 90.25, 100.75],
+            "score": 0.9, "interpolated": False, "sealed": "x" * 1000}
+    with FaceLog() as log:
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(21_000):
+            log.add(i % 7, {**face, "frame": i // 7, "pts": i})
+        grown = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        assert grown < 1_000_000, f"{grown / 21_000:.0f} bytes per face stayed in memory"
+        back = [json.loads(f) for f in log.faces(3)]
+        assert len(back) == 3000 and back[-1] == {**face, "frame": 2999, "pts": 20_996}
+
+
+def test_sealed_mask_round_trip_and_binding(tmp_path):
+    m, tks, masks = make_manifest(tmp_path / "v.vidanon.json")
     face = m.track(1)["faces"][1]
     got = unseal_mask(tks[1], VID, 1, 4, face["sealed"], (64, 64))
     assert np.array_equal(got, masks[1, 4])
@@ -47,10 +78,8 @@ def test_sealed_mask_round_trip_and_binding():
 
 
 def test_check_key_tells_wrong_key_from_tampering(tmp_path):
-    m, tks, _ = make_manifest()
     path = tmp_path / "v.vidanon.json"
-    write_manifest(path, m)
-    m2 = read_manifest(path)
+    m2, tks, _ = make_manifest(path)
     m2.check_key(0, tks[0])
     with pytest.raises(WrongKeyError, match="wrong key for track 0"):
         m2.check_key(0, keys.track_key(bytes(32), VID, 0))
@@ -73,7 +102,7 @@ def test_read_manifest_errors(tmp_path):
     bad.write_text(json.dumps({"format": "vidanon-manifest", "version": 99}))
     with pytest.raises(InputError, match="version 99"):
         read_manifest(bad)
-    m, _, _ = make_manifest()
+    m, _, _ = make_manifest(tmp_path / "v.vidanon.json")
     with pytest.raises(InputError, match="track 5 is not in this video"):
         m.track(5)
     data = m.to_json()

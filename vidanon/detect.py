@@ -394,6 +394,8 @@ class CenterFaceDetector(_PyramidDetector):
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # the file has unused BatchNorm initializers that ORT warns about
+        # Detection shares the CPU with the diffusion core (they run at once): idle ORT threads must sleep, not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             _dynamic_centerface(_centerface_path()), options, providers=onnx_providers(device)
         )

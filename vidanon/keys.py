@@ -159,9 +159,16 @@ def _seal_key(tkey: bytes) -> bytes:
     return _subkey(tkey, SEAL_INFO)
 
 
+def mac_hasher(tkey: bytes) -> hmac.HMAC:
+    """Streaming form of `mac`, for data too large to hold at once: .update() it, then .hexdigest()."""
+    return hmac.new(_subkey(tkey, MAC_INFO), digestmod=hashlib.sha256)
+
+
 def mac(tkey: bytes, data: bytes) -> str:
     """HMAC-SHA256 under a key derived from the track key: lets a key holder check a manifest's integrity."""
-    return hmac.new(_subkey(tkey, MAC_INFO), data, hashlib.sha256).hexdigest()
+    h = mac_hasher(tkey)
+    h.update(data)
+    return h.hexdigest()
 
 
 def mac_ok(tkey: bytes, data: bytes, tag: str) -> bool:

@@ -4,6 +4,10 @@ Holds no key and nothing that identifies a face in the clear: where each face wa
 how the video was made, and per face its latent mask sealed under that person's track key.
 Each track carries an HMAC (under a key derived from its track key) over the header and the track,
 so any key holder can check that what they restore from was not altered.
+
+While a video is anonymized its face entries go to a `FaceLog` on disk, not to memory (an hour of
+a busy camera makes ~0.4 GB of them); `write_manifest` then streams each track from the log
+through its HMAC into the file.
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 import zlib
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import keys
-from .atomic import write_atomic
+from .atomic import atomic_file
 from .errors import InputError, WrongKeyError
 
 FORMAT = "vidanon-manifest"
@@ -104,13 +111,75 @@ class Manifest:
         return {**self.header, "tracks": self.tracks}
 
 
-def sign_tracks(header: dict, tracks: list[dict], track_keys: dict[int, bytes]) -> list[dict]:
-    return [{**t, "mac": keys.mac(track_keys[t["id"]], _signed_part(header, t))} for t in tracks]
+class FaceLog:
+    """The face entries of a video being anonymized, in an unnamed temporary file: 16 bytes per face stay
+    in memory (where it is in the file), so memory does not grow with the video's length.
+    Add each track's faces in frame order."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._size = 0
+        self._spans: dict[int, array] = {}  # track id -> offset, length, offset, length, ... in the file
+        self._ranges: dict[int, dict] = {}  # track id -> its id, first/last frame and pts
+
+    def add(self, track_id: int, face: dict) -> None:
+        data = _canonical(face)
+        self._file.write(data)
+        self._spans.setdefault(track_id, array("q")).extend((self._size, len(data)))
+        self._size += len(data)
+        span = self._ranges.setdefault(track_id, {"id": track_id, "first_frame": face["frame"], "first_pts": face["pts"]})
+        span.update(last_frame=face["frame"], last_pts=face["pts"])
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def track_ids(self) -> list[int]:
+        return sorted(self._spans)
+
+    def range(self, track_id: int) -> dict:
+        return self._ranges[track_id]
+
+    def faces(self, track_id: int) -> Iterator[bytes]:
+        """The track's face entries, each in canonical JSON."""
+        self._file.flush()
+        spans = self._spans[track_id]
+        for i in range(0, len(spans), 2):
+            yield os.pread(self._file.fileno(), spans[i + 1], spans[i])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "FaceLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
-    """Atomic: a temporary file in the same folder, renamed when complete."""
-    write_atomic(path, json.dumps(manifest.to_json(), separators=(",", ":")).encode())
+def write_manifest(path: str | os.PathLike, header: dict, log: FaceLog, track_keys: dict[int, bytes]) -> None:
+    """Write the manifest atomically (a temporary file in the same folder, renamed when complete).
+
+    Each track is written in canonical form, which is byte for byte what its HMAC covers (`_signed_part`),
+    so one stream from the log feeds both the file and the HMAC and no track is ever held whole."""
+    canon_header = _canonical(header)
+    with atomic_file(path) as out:
+        out.write(canon_header[:-1] + b',"tracks":[')
+        for i, tid in enumerate(log.track_ids()):
+            mac = keys.mac_hasher(track_keys[tid])
+            mac.update(b'{"header":' + canon_header + b',"track":')
+            out.write(b"," if i else b"")
+
+            def both(chunk: bytes) -> None:
+                mac.update(chunk)
+                out.write(chunk)
+
+            both(b'{"faces":[')
+            for j, face in enumerate(log.faces(tid)):
+                both(b"," + face if j else face)
+            both(b"]," + _canonical(log.range(tid))[1:-1])  # sorted keys: "faces" comes first
+            mac.update(b"}}")
+            out.write(b',"mac":"' + mac.hexdigest().encode() + b'"}')
+        out.write(b"]}")
 
 
 def _well_formed(header: dict, tracks) -> bool:

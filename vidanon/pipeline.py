@@ -36,7 +36,7 @@ from .config import Config, restore_config
 from .detect import Detections, detect_upright, make_detector, onnx_providers
 from .diffusion import flip_faces
 from .errors import InputError, VidanonError
-from .manifest import FORMAT, VERSION, Manifest, manifest_for, manifest_path, read_manifest, seal_mask, sign_tracks, unseal_mask, write_manifest
+from .manifest import FORMAT, VERSION, FaceLog, Manifest, manifest_for, manifest_path, read_manifest, seal_mask, unseal_mask, write_manifest
 from .masks import FaceParser, landmark_mask, latent_mask, load_face_parser, paste_alpha
 from .models import latent_numel, load_model
 from .track import Tracker, TrackerConfig
@@ -139,9 +139,23 @@ def _prefetch(items: Iterable, depth: int) -> Iterator:
         thread.join(timeout=5)
 
 
+_WINDOW_BYTES = 512 << 20  # frames per window: 20 at 4K, 64 (2 batches' worth) at 1080p
+
+
+# Native compute that fills every CPU core takes turns: onnxruntime's and torch's thread pools each size
+# themselves to the whole machine, and detection running beside a core on the CPU measured 40 % slower
+# (2 cores) than the two one after the other. A core on the GPU runs beside detection freely.
+_CPU_BUSY = threading.Lock()
+
+
+def _cpu_turn(device: torch.device):
+    return _CPU_BUSY if device.type == "cpu" else contextlib.nullcontext()
+
+
 def _windows(frames: Iterator[tuple[Frame, T]], faces_of: Callable[[Frame, T], list[FaceJob]], batch_size: int,
              pool: ThreadPoolExecutor):
-    """Group frames into windows holding about one batch of faces (bounded: at most 2·batch_size frames).
+    """Group frames into windows holding about one batch of faces, bounded to 2·batch_size frames and to
+    about _WINDOW_BYTES of frames (where faces are sparse, a 4K window would otherwise hold 64 frames, 1.6 GB).
     The faces of a few frames at a time are prepared in parallel (crop, mask; restore's least squares)."""
     window: list[Frame] = []
     jobs: list[FaceJob] = []
@@ -152,7 +166,7 @@ def _windows(frames: Iterator[tuple[Frame, T]], faces_of: Callable[[Frame, T], l
                     job.slot = len(window)
                 jobs.extend(faces)
                 window.append(frame)
-                if len(jobs) >= batch_size or len(window) >= max(2 * batch_size, 8):
+                if len(jobs) >= batch_size or len(window) >= max(min(2 * batch_size, _WINDOW_BYTES // frame.rgb.nbytes), 8):
                     yield window, jobs
                     window, jobs = [], []
         if window:
@@ -162,7 +176,8 @@ def _windows(frames: Iterator[tuple[Frame, T]], faces_of: Callable[[Frame, T], l
 def _with_core(windows: Iterator, model, steps: int, batch_size: int):
     with contextlib.closing(windows):
         for window, jobs in windows:
-            run_core(model, jobs, steps, batch_size)
+            with _cpu_turn(model.device):
+                run_core(model, jobs, steps, batch_size)
             yield window, jobs
 
 
@@ -249,7 +264,9 @@ def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, pr
     with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
             contextlib.closing(frames):
         for frame in frames:
-            yield from tracker.push(detect_upright(detector, frame.rgb, info.rotation))
+            with _CPU_BUSY:
+                dets = detect_upright(detector, frame.rgb, info.rotation)
+            yield from tracker.push(dets)
             bar.update()
     yield from tracker.finish()
 
@@ -294,7 +311,7 @@ def anonymize_video(
     video_id = secrets.token_bytes(16)
     n = latent_numel(model)
     tkeys: dict[int, bytes] = {}  # track id -> key, filled as tracks appear
-    records: dict[int, list[dict]] = {}
+    log = FaceLog()  # the manifest's face entries, on disk until the manifest is written
     mask_methods: set[str] = set()
 
     def faces_of(frame: Frame, dets: Detections) -> list[FaceJob]:
@@ -321,24 +338,22 @@ def anonymize_video(
 
     def written(jobs: list[FaceJob]) -> None:  # in frame order, so each track's faces are too
         for job in jobs:
-            records.setdefault(job.track, []).append(job.record)
+            log.add(job.track, job.record)
             mask_methods.add(job.method)
 
     batch = _batch_size(cfg, model)
-    with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
-        with tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
-            # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
-            tracked = _prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
-            frames, faces = _process_frames(_paired(read_frames(src, info), tracked), writer, faces_of, model, cfg.steps,
-                                            batch, bar, written)
-        header = _header(info, cfg, model, video_id, sorted(mask_methods) or [cfg.mask], frames)
-        tracks = [_track_entry(t, records[t]) for t in sorted(records)]
-        manifest = Manifest(header, sign_tracks(header, tracks, tkeys))
-        # The manifest's final name is the mark of a complete output: rename the video first.
+    with log:
+        with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer:
+            with tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+                # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
+                tracked = _prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
+                frames, faces = _process_frames(_paired(read_frames(src, info), tracked), writer, faces_of, model,
+                                                cfg.steps, batch, bar, written)
+            header = _header(info, cfg, model, video_id, sorted(mask_methods) or [cfg.mask], frames)
+            writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
         mpath = manifest_path(dst)
-        writer.close()
-    write_manifest(mpath, manifest)
-    return Result(src, dst, mpath, frames, faces, len(records), time.monotonic() - t0)
+        write_manifest(mpath, header, log, tkeys)
+        return Result(src, dst, mpath, frames, faces, len(log), time.monotonic() - t0)
 
 
 def _output_folder(dst: Path) -> None:
@@ -348,11 +363,6 @@ def _output_folder(dst: Path) -> None:
         raise InputError(f"{dst.parent}: cannot create the output folder ({e.strerror or e})") from None
     if not os.access(dst.parent, os.W_OK):
         raise InputError(f"{dst.parent}: the output folder is not writable")
-
-
-def _track_entry(tid: int, faces: list[dict]) -> dict:
-    return {"id": tid, "first_frame": faces[0]["frame"], "last_frame": faces[-1]["frame"],
-            "first_pts": faces[0]["pts"], "last_pts": faces[-1]["pts"], "faces": faces}
 
 
 def _header(info: VideoInfo, cfg: Config, model, video_id: bytes, mask_methods, frames: int) -> dict:
