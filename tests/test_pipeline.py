@@ -316,6 +316,22 @@ def test_detection_runs_alongside_the_core_not_before_it(tmp_path, monkeypatch):
     assert sum(len(t["faces"]) for t in inspect_video(tmp_path / "c.anon.mp4").tracks) == result.faces
 
 
+def test_a_gpu_core_with_detection_on_the_cpu_is_warned_about(tmp_path, caplog):
+    """onnxruntime without its CUDA provider detects on the CPU, which cannot keep up with an H100:
+    the operator is told how to fix it (checked up to the first error, as this machine has no GPU)."""
+    import torch
+
+    from vidanon.detect import make_detector
+
+    detector = make_detector("centerface", device="cpu")
+    assert detector.on_gpu is False
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="cannot create the output folder"):
+        anonymize_video(Path(__file__).parents[1] / "sample_videos" / "sample.mp4", tmp_path / "file" / "o.mp4", MASTER, FAST,
+                        model=GaussianModel(device=torch.device("cuda")), detector=detector, progress=False)
+    assert "install onnxruntime-gpu" in caplog.text
+
+
 @pytest.mark.parametrize("stage", ["core", "detector"])
 def test_a_failing_stage_stops_every_stage_thread(tmp_path, monkeypatch, stage):
     """An error in the core (e.g. CUDA out of memory) or the detector fails the file cleanly:

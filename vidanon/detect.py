@@ -399,6 +399,7 @@ class CenterFaceDetector(_PyramidDetector):
         self.session = onnxruntime.InferenceSession(
             _dynamic_centerface(_centerface_path()), options, providers=onnx_providers(device)
         )
+        self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
 
     def _run_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = rgb.shape[:2]
@@ -475,8 +476,8 @@ class ScrfdDetector(_PyramidDetector):
         try:
             # An absolute directory as name: insightface then loads it as is, never downloading.
             app = FaceAnalysis(name=str(pack_dir), root=str(root), allowed_modules=["detection"], providers=providers)
-            on_gpu = not isinstance(providers[0], str)  # ("CUDAExecutionProvider", {...}) when CUDA is used
-            app.prepare(ctx_id=providers[0][1]["device_id"] if on_gpu else -1, det_thresh=self.threshold)
+            self.on_gpu = not isinstance(providers[0], str)  # ("CUDAExecutionProvider", {...}) when CUDA is used
+            app.prepare(ctx_id=providers[0][1]["device_id"] if self.on_gpu else -1, det_thresh=self.threshold)
         except Exception as exc:  # a truncated or foreign pack: insightface raises anything (even AssertionError)
             reason = (str(exc).strip().splitlines() or [""])[0]
             raise ModelNotFoundError(

@@ -218,6 +218,11 @@ def _process_frames(frames: Iterator[tuple[Frame, T]], writer: VideoWriter, face
     return n_frames, n_faces
 
 
+@functools.cache
+def _warn_once(message: str) -> None:  # once per process, not once per file of a directory run
+    log.warning(message)
+
+
 def check_model(model) -> None:
     if tuple(model.image_shape[1:]) != (CROP_SIZE, CROP_SIZE):
         raise VidanonError(f"model {model.name!r} works on {model.image_shape[1]}x{model.image_shape[2]} images; "
@@ -306,6 +311,9 @@ def anonymize_video(
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
     detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+    if model.device.type == "cuda" and getattr(detector, "on_gpu", True) is False:
+        _warn_once("face detection runs on the CPU while the diffusion core runs on the GPU, and will likely hold it "
+                   "back: install onnxruntime-gpu (pip install 'vidanon[gpu]') for detection on the GPU")
     _output_folder(dst)  # an unusable output folder is reported now, not after decoding starts
 
     video_id = secrets.token_bytes(16)
