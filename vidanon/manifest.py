@@ -116,8 +116,10 @@ class FaceLog:
     in memory (where it is in the file), so memory does not grow with the video's length.
     Add each track's faces in frame order."""
 
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        # Unnamed (nothing is left behind, whatever happens); beside the output by default, not in a /tmp
+        # that may be a small RAM disk.
+        self._file = tempfile.TemporaryFile(dir=folder)
         self._size = 0
         self._spans: dict[int, array] = {}  # track id -> offset, length, offset, length, ... in the file
         self._ranges: dict[int, dict] = {}  # track id -> its id, first/last frame and pts

@@ -319,7 +319,7 @@ def anonymize_video(
     video_id = secrets.token_bytes(16)
     n = latent_numel(model)
     tkeys: dict[int, bytes] = {}  # track id -> key, filled as tracks appear
-    log = FaceLog()  # the manifest's face entries, on disk until the manifest is written
+    log = FaceLog(dst.parent)  # the manifest's face entries, on disk until the manifest is written
     mask_methods: set[str] = set()
 
     def faces_of(frame: Frame, dets: Detections) -> list[FaceJob]:
