@@ -388,6 +388,34 @@ def test_failed_redo_keeps_old_output_and_report(tmp_path):
     assert "2 failed" in report.summary().splitlines()[-1]
 
 
+def test_parallel_runs_share_the_files_out(tmp_path):
+    """Runs over the same folders at once (one per GPU) never work on the same output: a file another run
+    holds is skipped, and so is one another run finished after this run planned. Its own locks are removed."""
+    import fcntl
+
+    from vidanon import batch
+    from vidanon.config import Config
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        synth.no_face_clip(src / f"{name}.mp4", frames=3)
+    jobs = batch.plan([src], out)
+    out.mkdir()
+    with open(out / ".a.mp4.lock", "a") as held:  # another run is on a.mp4 ...
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (out / "b.mp4").write_bytes(b"theirs")  # ... and has finished b.mp4 since this run planned
+        (out / "b.vidanon.json").write_text("theirs")
+        cfg = Config(model="testing:gaussian", mask="landmarks", device="cpu", steps=2)
+        report = batch.run_batch(jobs, b"k" * 32, cfg, progress=False)
+    assert [(j.input.name, j.status, j.reason) for j in jobs] == [
+        ("a.mp4", "skipped", "another vidanon run is working on it"),
+        ("b.mp4", "skipped", "done meanwhile by another vidanon run"),
+        ("c.mp4", "done", "")]
+    assert report.exit_code == 0 and (out / "b.mp4").read_bytes() == b"theirs"
+    assert sorted(p.name for p in out.iterdir()) == [".a.mp4.lock", "b.mp4", "b.vidanon.json", "c.mp4", "c.vidanon.json"]
+
+
 # --- help, doctor, models -----------------------------------------------------------------------
 
 

@@ -12,16 +12,22 @@ skips complete outputs and redoes everything else. Before a file is redone its o
 moved aside, so a run killed halfway never leaves a new video beside an old manifest that looks
 complete; if the redo fails the old output is put back as it was. Stale hidden temp files of a
 killed run are removed before the file is redone.
+
+Parallel runs over the same folders (one per GPU: `--device cuda:0`, `cuda:1`, ...) share the files
+out: a run holds an exclusive lock on each output while it works on it (a hidden `.<name>.lock`,
+removed afterwards), skips the files another run holds, and skips those another run has finished
+since it planned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +38,11 @@ from .config import Config
 from .errors import InputError, VidanonError
 from .manifest import manifest_path
 from .video import output_suffix
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking between parallel runs
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,8 @@ class FileJob:
     faces: int = 0
     tracks: int = 0
     seconds: float = 0.0
+    overwrite: bool = False  # planned to redo a complete output
+    seen: tuple | None = field(default=None, repr=False)  # the output as planned (see _stat)
 
     @property
     def manifest(self) -> Path:
@@ -137,7 +150,7 @@ def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *, loss
     jobs = []
     for src, rel in videos:
         out = outdir / rel.with_suffix(output_suffix(src, lossless))
-        job = FileJob(src, out)
+        job = FileJob(src, out, overwrite=overwrite, seen=_stat(out))
         jobs.append(job)
         clash = taken.get(out.resolve()) or taken.get(job.manifest.resolve())
         if out.resolve() in input_paths or job.manifest.resolve() in input_paths:
@@ -160,6 +173,33 @@ def _stat(path: Path) -> tuple | None:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def _claimed(job: FileJob) -> Iterator[bool]:
+    """Whether this run may work on the job's output now: False while another run holds its lock.
+    The lock is a flock on a hidden `.<output name>.lock` beside the output, removed at the end."""
+    lock = job.output.with_name(f".{job.output.name}.lock")
+    try:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a") if fcntl is not None else None
+    except OSError:  # an unusable output folder: the job itself reports it
+        f = None
+    if f is None:
+        yield True
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A run that has just finished removes the file: a lock on the removed file protects nothing.
+            ours = os.path.samestat(os.fstat(f.fileno()), os.stat(lock))
+        except (BlockingIOError, FileNotFoundError):
+            ours = False
+        try:
+            yield ours
+        finally:
+            if ours:
+                lock.unlink(missing_ok=True)
 
 
 def _set_aside(job: FileJob) -> tuple[Path | None, tuple | None]:
@@ -266,6 +306,25 @@ class Report:
         return "\n".join(line.rstrip() for line in lines)
 
 
+def _run_job(job: FileJob, anonymize: Callable) -> None:
+    """Do one job, recording its outcome on it; a failure is recorded, not raised (Ctrl-C is raised)."""
+    aside = video_before = None
+    try:
+        aside, video_before = _set_aside(job)
+        result = anonymize()
+    except VidanonError as e:
+        job.status, job.reason = "failed", str(e)
+        log.debug("%s failed", job.input, exc_info=True)
+    except Exception as e:  # a bug or an odd file: record it, keep going; -v shows the traceback
+        job.status, job.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+        log.info("%s failed with an unexpected error", job.input, exc_info=True)
+    else:
+        job.status, job.reason = "done", ""
+        job.frames, job.faces, job.tracks, job.seconds = result.frames, result.faces, result.tracks, result.seconds
+    finally:  # also on Ctrl-C
+        _settle(job, aside, video_before)
+
+
 class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM turned into it) during run_batch; `.report` says what was done."""
 
@@ -310,22 +369,14 @@ def run_batch(
                                                  device=config.device, min_face=config.min_face)
         for job in todo:
             current = job
-            aside = video_before = None
-            try:
-                aside, video_before = _set_aside(job)
-                result = anonymize_video(job.input, job.output, key, config, model=model, detector=detector,
-                                         progress=progress)
-            except VidanonError as e:
-                job.status, job.reason = "failed", str(e)
-                log.debug("%s failed", job.input, exc_info=True)
-            except Exception as e:  # a bug or an odd file: record it, keep going; -v shows the traceback
-                job.status, job.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-                log.info("%s failed with an unexpected error", job.input, exc_info=True)
-            else:
-                job.status, job.reason = "done", ""
-                job.frames, job.faces, job.tracks, job.seconds = result.frames, result.faces, result.tracks, result.seconds
-            finally:  # also on Ctrl-C
-                _settle(job, aside, video_before)
+            with _claimed(job) as ours:
+                if not ours:
+                    job.status, job.reason = "skipped", "another vidanon run is working on it"
+                elif is_complete(job.output) and (not job.overwrite or _stat(job.output) != job.seen):
+                    job.status, job.reason = "skipped", "done meanwhile by another vidanon run"
+                else:
+                    _run_job(job, lambda: anonymize_video(job.input, job.output, key, config, model=model,
+                                                          detector=detector, progress=progress))
             current = None
             bar.update()
             if on_file:
