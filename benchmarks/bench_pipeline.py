@@ -1,7 +1,8 @@
 """End-to-end speed and memory: anonymize a generated clip with several real faces per frame.
 
 Prints frames/s, faces/s, the fraction of wall time the diffusion core was running (on a GPU: how
-busy the GPU is kept), the core alone on the same faces for comparison (pipeline / core ratio), and
+busy the GPU is kept) and detection was running (beside the core; near 100 % means detection is what
+holds the pipeline back), the core alone on the same faces for comparison (pipeline / core ratio), and
 peak host memory (RSS) for a short clip and a clip `--long` times longer, each in its own process, so
 a memory leak or a whole-video buffer shows as growth.
 
@@ -67,14 +68,25 @@ def run_once(args) -> dict:
             torch.cuda.synchronize()
         core_seconds += time.perf_counter() - t
 
+    detect_seconds = 0.0
+    detect_upright = pipeline.detect_upright
+
+    def timed_detect(*a, **k):
+        nonlocal detect_seconds
+        t = time.perf_counter()
+        out = detect_upright(*a, **k)
+        detect_seconds += time.perf_counter() - t
+        return out
+
     pipeline.run_core = timed_core
+    pipeline.detect_upright = timed_detect
     cfg = Config(model=args.model, steps=args.steps, batch_size=args.batch_size, device=args.device, mask="landmarks")
     model = pipeline.load_model(cfg.model, device=cfg.device)
     t = time.perf_counter()
     result = pipeline.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model, progress=False)
     wall = time.perf_counter() - t
     return {
-        "frames": result.frames, "faces": result.faces, "wall_s": wall, "core_s": core_seconds,
+        "frames": result.frames, "faces": result.faces, "wall_s": wall, "core_s": core_seconds, "detect_s": detect_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "batch": pipeline._batch_size(cfg, model),
     }
@@ -130,7 +142,8 @@ def main():
           f"steps {a.steps}; batch {s['batch']}; device {a.device}")
     for name, r in (("short", s), ("long", l)):
         print(f"{name:>5}: {r['frames']} frames, {r['faces']} faces in {r['wall_s']:.1f} s -> {r['frames'] / r['wall_s']:.2f} frames/s, "
-              f"{r['faces'] / r['wall_s']:.2f} faces/s; core busy {r['core_s'] / r['wall_s']:.0%}; peak RSS {r['peak_rss_mib']:.0f} MiB")
+              f"{r['faces'] / r['wall_s']:.2f} faces/s; core busy {r['core_s'] / r['wall_s']:.0%}, "
+              f"detection busy {r['detect_s'] / r['wall_s']:.0%}; peak RSS {r['peak_rss_mib']:.0f} MiB")
     print(f"core alone: {core:.2f} faces/s; pipeline/core (long clip): {l['faces'] / l['wall_s'] / core:.0%}")
     print(f"peak RSS long/short: {l['peak_rss_mib'] / s['peak_rss_mib']:.2f}x for {a.long}x the frames")
 
