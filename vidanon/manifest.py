@@ -122,15 +122,16 @@ class FaceLog:
         self._file = tempfile.TemporaryFile(dir=folder)
         self._size = 0
         self._spans: dict[int, array] = {}  # track id -> offset, length, offset, length, ... in the file
-        self._ranges: dict[int, dict] = {}  # track id -> its id, first/last frame and pts
+        self._summaries: dict[int, dict] = {}  # track id -> its id, first/last frame and pts
 
     def add(self, track_id: int, face: dict) -> None:
         data = _canonical(face)
         self._file.write(data)
         self._spans.setdefault(track_id, array("q")).extend((self._size, len(data)))
         self._size += len(data)
-        span = self._ranges.setdefault(track_id, {"id": track_id, "first_frame": face["frame"], "first_pts": face["pts"]})
-        span.update(last_frame=face["frame"], last_pts=face["pts"])
+        summary = self._summaries.setdefault(track_id, {"id": track_id, "first_frame": face["frame"],
+                                                        "first_pts": face["pts"]})
+        summary.update(last_frame=face["frame"], last_pts=face["pts"])
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -138,8 +139,9 @@ class FaceLog:
     def track_ids(self) -> list[int]:
         return sorted(self._spans)
 
-    def range(self, track_id: int) -> dict:
-        return self._ranges[track_id]
+    def summary(self, track_id: int) -> dict:
+        """The track's fields besides its faces: id, first/last frame and pts."""
+        return self._summaries[track_id]
 
     def faces(self, track_id: int) -> Iterator[bytes]:
         """The track's face entries, each in canonical JSON."""
@@ -178,7 +180,7 @@ def write_manifest(path: str | os.PathLike, header: dict, log: FaceLog, track_ke
             both(b'{"faces":[')
             for j, face in enumerate(log.faces(tid)):
                 both(b"," + face if j else face)
-            both(b"]," + _canonical(log.range(tid))[1:-1])  # sorted keys: "faces" comes first
+            both(b"]," + _canonical(log.summary(tid))[1:-1])  # sorted keys: "faces" comes first
             mac.update(b"}}")
             out.write(b',"mac":"' + mac.hexdigest().encode() + b'"}')
         out.write(b"]}")

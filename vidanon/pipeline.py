@@ -21,10 +21,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -166,7 +166,8 @@ def _windows(frames: Iterator[tuple[Frame, T]], faces_of: Callable[[Frame, T], l
                     job.slot = len(window)
                 jobs.extend(faces)
                 window.append(frame)
-                if len(jobs) >= batch_size or len(window) >= max(min(2 * batch_size, _WINDOW_BYTES // frame.rgb.nbytes), 8):
+                most_frames = max(min(2 * batch_size, _WINDOW_BYTES // frame.rgb.nbytes), 8)
+                if len(jobs) >= batch_size or len(window) >= most_frames:
                     yield window, jobs
                     window, jobs = [], []
         if window:
