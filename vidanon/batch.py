@@ -359,14 +359,12 @@ def run_batch(
     bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress or not todo, position=0)
     try:
         if todo:  # torch and the models only when there is work: a rerun that skips everything is instant
-            from .detect import make_detector
             from .models import load_model
-            from .pipeline import anonymize_video, check_model
+            from .pipeline import anonymize_video, check_model, detector_for
 
             model = model or load_model(config.model, device=config.device, compile=config.compile)
             check_model(model)  # a model that cannot serve stops the run before any file
-            detector = detector or make_detector(config.detector, threshold=config.threshold,
-                                                 device=config.device, min_face=config.min_face)
+            detector = detector or detector_for(config)
         for job in todo:
             current = job
             with _claimed(job) as ours:

@@ -133,9 +133,6 @@ class FaceLog:
                                                         "first_pts": face["pts"]})
         summary.update(last_frame=face["frame"], last_pts=face["pts"])
 
-    def __len__(self) -> int:
-        return len(self._spans)
-
     def track_ids(self) -> list[int]:
         return sorted(self._spans)
 

@@ -261,10 +261,14 @@ def _face_parser(weights: str | None, download: bool, device: str) -> FaceParser
     return load_face_parser(weights, download=download, providers=onnx_providers(device))
 
 
-def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector=None, progress: bool = True) -> Iterator[Detections]:
+def detector_for(cfg: Config):
+    """The face detector the settings ask for (built once per run and shared by its files)."""
+    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+
+
+def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector, progress: bool = True) -> Iterator[Detections]:
     """Pass 1: every frame's faces, each with a track id (plus the faces the tracker adds), in frame order,
     each as soon as it is final: a bounded number of frames behind detection (see track.Tracker)."""
-    detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
     tracker = Tracker(TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
     frames = _prefetch(read_frames(path, info), depth=4)
     with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
@@ -311,7 +315,7 @@ def anonymize_video(
     parser = None if cfg.mask == "landmarks" else _face_parser(cfg.parser_weights, cfg.mask == "parser", cfg.device)
     if cfg.mask == "parser" and parser is None:
         raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
-    detector = detector or make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+    detector = detector or detector_for(cfg)
     if model.device.type == "cuda" and getattr(detector, "on_gpu", True) is False:
         _warn_once("face detection runs on the CPU while the diffusion core runs on the GPU, and will likely hold it "
                    "back: install onnxruntime-gpu (pip install 'vidanon[gpu]') for detection on the GPU")
@@ -362,7 +366,7 @@ def anonymize_video(
             writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
         mpath = manifest_path(dst)
         write_manifest(mpath, header, log, tkeys)
-        return Result(src, dst, mpath, frames, faces, len(log), time.monotonic() - t0)
+        return Result(src, dst, mpath, frames, faces, len(log.track_ids()), time.monotonic() - t0)
 
 
 def _output_folder(dst: Path) -> None:
