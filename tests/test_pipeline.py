@@ -408,3 +408,22 @@ def test_restored_video_is_private(large, work):
     clip, result = large
     restored = deanonymize_video(result.output, work / "private.mp4", MASTER, tracks=[0], progress=False)
     assert restored.output.stat().st_mode & 0o077 == 0
+
+
+def test_windows_of_large_frames_hold_about_half_a_gigabyte():
+    """Where faces are sparse a window fills up with frames, not faces: at 4K it stops at ~0.5 GiB
+    (21 frames), not at 2·batch = 64 frames (1.6 GB); at 640×360 the 2·batch bound holds."""
+    from concurrent.futures import ThreadPoolExecutor
+    from fractions import Fraction
+
+    from vidanon import pipeline
+    from vidanon.video import Frame
+
+    def sizes(height, width, n=100):
+        rgb = np.broadcast_to(np.zeros(3, np.uint8), (height, width, 3))  # full nbytes, no memory
+        frames = ((Frame(i, rgb, i, Fraction(1, 25)), None) for i in range(n))
+        with ThreadPoolExecutor(2) as pool:
+            return [len(w) for w, _ in pipeline._windows(frames, lambda frame, _: [], 32, pool)]
+
+    assert sizes(2160, 3840) == [21] * 4 + [16]
+    assert sizes(360, 640) == [64, 36]
