@@ -40,11 +40,11 @@ def make_clip(path: Path, width: int, height: int, frames: int, fps: int):
     return synth.make_clip(path, width=width, height=height, frames=frames, fps=fps, sprites=movers, lossless=False)
 
 
-def model_folder(tmp: Path) -> str:
+def model_folder(tmp: Path, tiny: bool = False) -> str:
     """The real LDM architecture with random weights, saved as a diffusers folder the pipeline loads."""
     from bench_core import real_architecture
 
-    unet, vq = real_architecture()
+    unet, vq = real_architecture(tiny=tiny)
     unet.save_pretrained(tmp / "ldm" / "unet")
     vq.save_pretrained(tmp / "ldm" / "vqvae")
     return str(tmp / "ldm")
@@ -85,32 +85,59 @@ def run_once(args) -> dict:
     t = time.perf_counter()
     result = pipeline.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model, progress=False)
     wall = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the core-alone run below adds to it
+    batch = pipeline._batch_size(cfg, model)
+    detector = pipeline.detector_for(cfg)
     return {
         "frames": result.frames, "faces": result.faces, "wall_s": wall, "core_s": core_seconds, "detect_s": detect_seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "batch": pipeline._batch_size(cfg, model),
+        "peak_rss_mib": rss, "batch": batch, "model_device": str(model.device),
+        "detector_providers": detector.session.get_providers() if hasattr(detector, "session") else [],
+        "core_alone_faces_per_s": core_alone(model, batch, args.steps, result.faces) if args.core_alone else None,
     }
 
 
-def core_alone(args, batch: int, faces: int) -> float:
+def core_alone(model, batch: int, steps: int, faces: int) -> float:
     """faces/s of the core alone on the same model and batch size (no video, no detection)."""
-    import torch
-
     from bench_core import inputs, timed
     from vidanon.diffusion import flip_faces
-    from vidanon.models import load_model
 
-    model = load_model(args.model, device=args.device)
     x, m, r = inputs(model, batch)
-    sec = timed(lambda: flip_faces(model, x, m, r, args.steps), torch.device(model.device), repeat=max(1, faces // batch // 4))
+    sec = timed(lambda: flip_faces(model, x, m, r, steps), model.device, repeat=max(1, min(4, faces // batch // 4)))
     return batch / sec
 
 
-def child(args, clip: Path) -> dict:
+def child(args, clip: Path, core_alone: bool) -> dict:
+    """Run one anonymization in a fresh process (a clean peak RSS) and return its figures."""
     cmd = [sys.executable, __file__, "--child", str(clip), "--model", args.model, "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size), "--device", args.device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+           "--batch-size", str(args.batch_size), "--device", args.device] + (["--core-alone"] if core_alone else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"pipeline child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(args, on_result=lambda name, figures: None) -> dict:
+    """Short clip, long clip (each in its own process), core alone on the same model and batch, and ratios."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        args.model = args.model or model_folder(tmp, args.tiny)
+        out = {"width": args.width, "height": args.height, "fps": args.fps, "steps": args.steps,
+               "model": args.model if ":" in args.model else "real LDM architecture (random weights)" + (" tiny" if args.tiny else "")}
+        short = make_clip(tmp / "short.mp4", args.width, args.height, args.frames, args.fps)
+        out["short"] = child(args, short.path, core_alone=True)
+        on_result("short", out)
+        long = make_clip(tmp / "long.mp4", args.width, args.height, args.frames * args.long, args.fps)
+        out["long"] = child(args, long.path, core_alone=False)
+    s, l = out["short"], out["long"]
+    for r in (s, l):
+        r["frames_per_s"], r["faces_per_s"] = r["frames"] / r["wall_s"], r["faces"] / r["wall_s"]
+        r["core_busy"], r["detect_busy"] = r["core_s"] / r["wall_s"], r["detect_s"] / r["wall_s"]
+    out["core_alone_faces_per_s"] = s["core_alone_faces_per_s"]
+    out["pipeline_over_core"] = l["faces_per_s"] / s["core_alone_faces_per_s"]
+    out["rss_long_over_short"] = l["peak_rss_mib"] / s["peak_rss_mib"]
+    out["long_factor"] = args.long
+    on_result("long", out)
+    return out
 
 
 def main():
@@ -124,28 +151,24 @@ def main():
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--frames", type=int, default=50)
     p.add_argument("--long", type=int, default=10, help="the long clip is this many times longer (default 10)")
+    p.add_argument("--tiny", action="store_true", help="a few-channel model of the real architecture (smoke runs)")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--core-alone", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         a.clip = a.child
         print(json.dumps(run_once(a)))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        a.model = a.model or model_folder(tmp)
-        short = make_clip(tmp / "short.mp4", a.width, a.height, a.frames, a.fps)
-        long = make_clip(tmp / "long.mp4", a.width, a.height, a.frames * a.long, a.fps)
-        s = child(a, short.path)
-        l = child(a, long.path)
-        core = core_alone(a, s["batch"], s["faces"])
-    print(f"clip {a.width}x{a.height} {a.fps} fps; model {a.model if ':' in a.model else 'real LDM architecture (random weights)'}; "
-          f"steps {a.steps}; batch {s['batch']}; device {a.device}")
+    out = measure(a)
+    s, l = out["short"], out["long"]
+    print(f"clip {a.width}x{a.height} {a.fps} fps; model {out['model']}; steps {a.steps}; batch {s['batch']}; "
+          f"core on {s['model_device']}; detection providers {s['detector_providers']}")
     for name, r in (("short", s), ("long", l)):
-        print(f"{name:>5}: {r['frames']} frames, {r['faces']} faces in {r['wall_s']:.1f} s -> {r['frames'] / r['wall_s']:.2f} frames/s, "
-              f"{r['faces'] / r['wall_s']:.2f} faces/s; core busy {r['core_s'] / r['wall_s']:.0%}, "
-              f"detection busy {r['detect_s'] / r['wall_s']:.0%}; peak RSS {r['peak_rss_mib']:.0f} MiB")
-    print(f"core alone: {core:.2f} faces/s; pipeline/core (long clip): {l['faces'] / l['wall_s'] / core:.0%}")
-    print(f"peak RSS long/short: {l['peak_rss_mib'] / s['peak_rss_mib']:.2f}x for {a.long}x the frames")
+        print(f"{name:>5}: {r['frames']} frames, {r['faces']} faces in {r['wall_s']:.1f} s -> {r['frames_per_s']:.2f} frames/s, "
+              f"{r['faces_per_s']:.2f} faces/s; core busy {r['core_busy']:.0%}, "
+              f"detection busy {r['detect_busy']:.0%}; peak RSS {r['peak_rss_mib']:.0f} MiB")
+    print(f"core alone: {out['core_alone_faces_per_s']:.2f} faces/s; pipeline/core (long clip): {out['pipeline_over_core']:.0%}")
+    print(f"peak RSS long/short: {out['rss_long_over_short']:.2f}x for {a.long}x the frames")
 
 
 if __name__ == "__main__":
