@@ -209,3 +209,16 @@ def restore_crop(frame: np.ndarray, affine: np.ndarray, alpha: np.ndarray, *, it
         p = r + (rs_new / np.maximum(rs, 1e-30)) * p
         rs = rs_new
     return np.clip(x, 0, 255).reshape(size, size, 3).astype(np.float32)
+
+
+def paste_weights(affine: np.ndarray, alpha: np.ndarray, frame_hw: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+    """(y0, x0, weights): the warped paste alpha on the frame, over the bounding box of the warped crop.
+
+    Frame pixels where the weight is > 0 are exactly the pixels `paste_face` changes (or may change);
+    every other pixel of the frame is left bit-identical.
+    """
+    size = np.asarray(alpha).shape[0]
+    taps = _Taps(affine, frame_hw, size)
+    if taps.empty:
+        return 0, 0, np.zeros((0, 0), np.float32)
+    return taps.y0, taps.x0, taps.alpha(alpha).reshape(taps.shape).astype(np.float32)
