@@ -29,6 +29,7 @@ MASTER_SIZES = (16, 32)  # 128-bit (the paper's size) accepted on input; we gene
 TRACK_INFO = b"vidanon/track/v1/"
 FLIP_INFO = b"vidanon/flip/v1"
 SEAL_INFO = b"vidanon/seal/v1"
+ORIGINAL_INFO = b"vidanon/original/v1"  # original face pixels (sealed originals)
 MAC_INFO = b"vidanon/manifest-mac/v1"
 NONCE_SIZE = 12
 
@@ -155,10 +156,6 @@ def _subkey(tkey: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(tkey)
 
 
-def _seal_key(tkey: bytes) -> bytes:
-    return _subkey(tkey, SEAL_INFO)
-
-
 def mac_hasher(tkey: bytes) -> hmac.HMAC:
     """Streaming form of `mac`, for data too large to hold at once: .update() it, then .hexdigest()."""
     return hmac.new(_subkey(tkey, MAC_INFO), digestmod=hashlib.sha256)
@@ -175,15 +172,16 @@ def mac_ok(tkey: bytes, data: bytes, tag: str) -> bool:
     return hmac.compare_digest(mac(tkey, data), tag)
 
 
-def seal(tkey: bytes, data: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM under a key derived from the track key; aad binds the blob to its place (video, track, frame)."""
+def seal(tkey: bytes, data: bytes, aad: bytes, info: bytes = SEAL_INFO) -> bytes:
+    """AES-256-GCM under a key derived from the track key with the HKDF label `info` (one label per kind of
+    sealed data); aad binds the blob to its place (video, track, frame)."""
     nonce = secrets.token_bytes(NONCE_SIZE)
-    return nonce + AESGCM(_seal_key(tkey)).encrypt(nonce, data, aad)
+    return nonce + AESGCM(_subkey(tkey, info)).encrypt(nonce, data, aad)
 
 
-def unseal(tkey: bytes, blob: bytes, aad: bytes) -> bytes:
+def unseal(tkey: bytes, blob: bytes, aad: bytes, info: bytes = SEAL_INFO) -> bytes:
     """Inverse of seal; a failed tag means the key is not the one the data was sealed with."""
     try:
-        return AESGCM(_seal_key(tkey)).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
+        return AESGCM(_subkey(tkey, info)).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
     except (InvalidTag, ValueError):
         raise WrongKeyError("wrong key: it does not open this video's sealed face data") from None
