@@ -139,6 +139,21 @@ def test_macs_are_checked_on_the_json_as_read(tmp_path):
     assert open_tracks(read_manifest(tmp_path / "pretty.vidanon.json"), MASTER).keys() == {0, 1}
 
 
+def test_header_is_read_without_the_tracks(tmp_path):
+    """A folder rerun compares settings from the header alone, however long the track list."""
+    from vidanon.manifest import read_header
+
+    m, _ = make_manifest(tmp_path / "v.vidanon.json")
+    text = (tmp_path / "v.vidanon.json").read_text()
+    (tmp_path / "cut.vidanon.json").write_text(text[: text.index(',"tracks":[') + 40])  # tracks cut short
+    assert read_header(tmp_path / "cut.vidanon.json") == m.header
+    (tmp_path / "pretty.vidanon.json").write_text(json.dumps(json.loads(text), indent=1))  # not canonical: read whole
+    assert read_header(tmp_path / "pretty.vidanon.json") == m.header
+    (tmp_path / "broken.vidanon.json").write_text("{")
+    with pytest.raises(InputError, match="not a readable manifest"):
+        read_header(tmp_path / "broken.vidanon.json")
+
+
 def test_read_manifest_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_manifest(tmp_path / "x.vidanon.json")

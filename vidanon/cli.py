@@ -209,17 +209,16 @@ def cmd_export_key(args) -> int:
 
 
 def cmd_deanonymize(args) -> int:
-    from .config import restore_config
     from .restore import deanonymize_video
 
     src = Path(args.video)
     # A bad key file is the commonest mistake: answered before anything else.
     key = keys.load_master_key(args.key_file) if args.key_file else keys.load_track_key(args.track_key)
-    man = inspect_video(src)
-    # The machine restoring may not be the one that anonymized: model, device and batch size may be given.
-    cfg = restore_config(man.header.config, **{k: getattr(args, k) for k in ("model", "device", "batch_size")})
     dst = Path(args.output) / src.name
-    result = deanonymize_video(src, dst, key, args.track or None, config=cfg, progress=_progress(args), overwrite=args.overwrite)
+    # The machine restoring may not be the one that anonymized: model, device and batch size may be given.
+    result = deanonymize_video(src, dst, key, args.track or None, model_name=args.model, device=args.device,
+                               batch_size=args.batch_size, compile=args.compile, progress=_progress(args),
+                               overwrite=args.overwrite)
     _result(args, f"restored {plural(result.faces, 'face')} of {plural(result.tracks, 'track')} into {dst} ({result.seconds:.1f} s)")
     log.warning("The output shows real faces: handle it as personal data.")
     return 0

@@ -38,7 +38,7 @@ from . import __version__
 from .atomic import stale_temps, write_atomic
 from .config import Config, changed_settings
 from .errors import InputError, VidanonError
-from .manifest import manifest_path, read_manifest
+from .manifest import manifest_path, read_header
 from .video import output_suffix
 
 try:
@@ -184,7 +184,7 @@ def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, config:
 def _settings_changed(manifest: Path, config: Config) -> str:
     """Why a complete output must be redone for `config` ("" if it need not)."""
     try:
-        recorded = read_manifest(manifest).header.config
+        recorded = read_header(manifest).config
     except InputError:
         return "its manifest is unreadable"
     changes = changed_settings(recorded, config)

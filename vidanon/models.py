@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,6 @@ import torch.nn.functional as F
 from .device import torch_device
 from .errors import ModelNotFoundError
 from .weights import DEFAULT_MODEL, fetch_model
-
-log = logging.getLogger(__name__)
 
 # Scheduler of the CompVis LDMs (CelebA-HQ 256, FFHQ 256), used when a model folder has none (docs/design.md).
 COMPVIS_SCHEDULER = {

@@ -23,8 +23,8 @@ from . import keys, stages
 from .align import restore_crop
 from .config import Config, restore_config
 from .errors import InputError
-from .masks import paste_alpha
 from .manifest import Manifest, manifest_path, open_tracks, read_manifest, unseal_mask
+from .masks import paste_alpha
 from .records import Face
 from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
 
@@ -80,11 +80,17 @@ def deanonymize_video(
     manifest: str | os.PathLike | None = None,
     config: Config | None = None,
     model=None,
+    model_name: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    compile: bool | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ):
     """Restore the chosen tracks (all, with a master key) of an anonymized video into `dst`.
 
+    Settings: those the manifest recorded, with this machine's `model_name`, `device`, `batch_size`, `compile`
+    where given (or a whole `config`); the steps, schedule and encoding are always the manifest's.
     key: master key bytes, a keys.TrackKey, or the path of a master or track key file. Checked before
     anything is written: the output (an existing `dst` is refused unless `overwrite`), the key (a wrong
     key fails with WrongKeyError, an altered manifest with ManifestAlteredError) and the video. The
@@ -99,7 +105,8 @@ def deanonymize_video(
     check_output(src, dst, overwrite)
     tkeys = open_tracks(man, key, tracks)
     check_video(src, info, man)
-    cfg = config or restore_config(man.header.config)
+    cfg = config or restore_config(man.header.config, model=model_name, device=device, batch_size=batch_size,
+                                   compile=compile)
     # torch only once the checks above have passed: a wrong key or a wrong file is answered at once.
     from .diffusion import make_schedule
     from .models import latent_numel, load_model
