@@ -167,12 +167,14 @@ def anonymize_video(
             tracked = stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
             work = paired(read_frames(src, info), tracked)
             batch = stages.batch_size(cfg.batch_size, model)
-            for n, jobs in stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer):
-                for job in jobs:  # in frame order, so each track's faces are too
-                    log.add(job.track, job.record.face)
-                    mask_methods.add(job.record.mask_method)
-                frames, faces = frames + n, faces + len(jobs)
-                bar.update(n)
+            written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer)
+            with contextlib.closing(written):  # however this ends, every stage thread stops
+                for n, jobs in written:
+                    for job in jobs:  # in frame order, so each track's faces are too
+                        log.add(job.track, job.record.face)
+                        mask_methods.add(job.record.mask_method)
+                    frames, faces = frames + n, faces + len(jobs)
+                    bar.update(n)
             writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
         header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
         mpath = manifest_path(dst)

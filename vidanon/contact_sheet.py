@@ -18,7 +18,6 @@ import numpy as np
 
 from .atomic import write_atomic
 from .errors import InputError, VidanonError
-from .folder_run import plural
 from .manifest import Manifest
 from .records import Face, Track
 from .video import read_frames
@@ -107,13 +106,13 @@ def make_contact_sheet(video: str | os.PathLike, manifest: Manifest, *, per_trac
     height = HEADER_H + max(len(manifest.tracks), 1) * row_h + PAD
     sheet = np.full((height, width, 3), BG, np.uint8)
     n = len(manifest.tracks)
-    _text(sheet, f"{video.name}: {plural(n, 'track')}; faces shown anonymized", PAD, 20, 0.5)
+    _text(sheet, f"{video.name}: {n} track{'s' * (n != 1)}; faces shown anonymized", PAD, 20, 0.5)
     if not n:
         _text(sheet, "no faces were found in this video", PAD, HEADER_H + 30, 0.5, DIM)
     for row, t in enumerate(manifest.tracks):
         y = HEADER_H + row * row_h
         _text(sheet, f"track {t.id}", PAD, y + 24, 0.6, FG, 2)
-        _text(sheet, plural(len(t.faces), "frame"), PAD, y + 46, 0.42, DIM)
+        _text(sheet, f"{len(t.faces)} frame{'s' * (len(t.faces) != 1)}", PAD, y + 46, 0.42, DIM)
 
     # One pass over the video; stop after the last frame we need.
     last = max(needed, default=-1)

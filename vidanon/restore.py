@@ -8,6 +8,7 @@ from the model folder or today's defaults, so an archive restores as it was made
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -125,13 +126,16 @@ def deanonymize_video(
     stages.make_output_folder(dst.parent)
     frames = faces = 0
     enc = h.encoder  # encoded as the anonymized video was (lossless stays lossless)
-    with VideoWriter(info, dst, lossless=enc.lossless, crf=enc.crf or cfg.crf, preset=enc.preset, private=True) as writer, \
+    crf = cfg.crf if enc.crf is None else enc.crf
+    with VideoWriter(info, dst, lossless=enc.lossless, crf=crf, preset=enc.preset, private=True) as writer, \
             tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
         work = ((f, by_frame.pop(f.index, [])) for f in read_frames(src, info))
         batch = stages.batch_size(cfg.batch_size, model)
-        for n_frames, jobs in stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer):
-            frames, faces = frames + n_frames, faces + len(jobs)
-            bar.update(n_frames)
+        written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer)
+        with contextlib.closing(written):  # however this ends, every stage thread stops
+            for count, jobs in written:
+                frames, faces = frames + count, faces + len(jobs)
+                bar.update(count)
         if frames != h.video.frames:  # containers that store no frame count are checked here, before the rename
             raise InputError(f"{src}: has {frames} frames but its manifest describes {h.video.frames}: "
                              "the video was cut or re-encoded after anonymization")
