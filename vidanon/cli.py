@@ -25,7 +25,7 @@ from pathlib import Path
 from . import __version__, folder_run, keys
 from .config import FIELDS, Config, load_config
 from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
-from .errors import InputError, ModelNotFoundError, VidanonError
+from .errors import InputError, VidanonError
 from .folder_run import plural
 from .manifest import SUFFIX, inspect_video, open_tracks, video_for
 
@@ -228,7 +228,11 @@ def cmd_models(args) -> int:
     from .doctor import model_rows
 
     if args.action == "pull":
-        return _pull(args.name)
+        from .doctor import pull
+
+        folder = pull(args.name)
+        print(f"{args.name} is built in; nothing to fetch" if folder is None else f"{args.name} is in the cache: {folder}")
+        return 0
     table = [("name", "source", "licence", "cached", "about")]
     table += [(m.name, m.source, m.licence, "built in" if m.built_in else f"yes ({m.cached})" if m.cached else "no", m.about)
               for m in model_rows()]
@@ -236,36 +240,6 @@ def cmd_models(args) -> int:
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
     print("\nFetch one with `vidanon models pull NAME` (needs the network once; runs offline afterwards).")
-    return 0
-
-
-def _pull(name: str) -> int:
-    if name == "face-parser":
-        from . import masks
-
-        if masks.load_face_parser(download=True) is None:
-            raise ModelNotFoundError(f"could not download the face-parsing weights from {masks.PARSER_URL}; "
-                                     f"download resnet18.onnx by hand into {masks.cache_dir()} or pass --parser-weights")
-        print(f"face-parser is in the cache: {masks.cache_dir()}")
-        return 0
-    from .weights import fetch_model, hub_cache, hub_offline, model_source, resolve_model_name
-
-    if name == "testing:gaussian":
-        print("testing:gaussian is built in; nothing to fetch")
-        return 0
-    local = resolve_model_name(name)[2]
-    source = model_source(name)
-    if local is None and hub_offline():
-        raise ModelNotFoundError(f"cannot fetch model {name!r} ({source}): Hugging Face offline mode is on "
-                                 "(HF_HUB_OFFLINE=1); pull it on a connected machine and copy the cache "
-                                 f"({hub_cache()}), or pass a local diffusers folder with --model")
-    try:
-        folder = fetch_model(name, download=True)
-    except ModelNotFoundError:
-        raise ModelNotFoundError(f"could not download model {name!r} ({source}) into {hub_cache()}: "
-                                 "no network or no access; pull it on a connected machine and copy the cache, "
-                                 "or pass a local diffusers folder with --model") from None
-    print(f"{name} is in the cache: {folder}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`vidanon doctor` and `vidanon models`: what this machine has, probed offline.
+"""`vidanon doctor` and `vidanon models`: what this machine has, probed offline; `models pull` fetches.
 
 Each probe answers one line. A probe that fails says PROBLEM; an essential one (torch, PyAV and its
 encoders, the detector, the default model's weights) makes the doctor say that something is missing.
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .weights import DEFAULT_MODEL, KNOWN_MODELS, cached_model, centerface_path, hub_cache, hub_offline
+from .errors import ModelNotFoundError
+from .weights import (DEFAULT_MODEL, KNOWN_MODELS, cached_model, centerface_path, fetch_model, hub_cache, hub_offline,
+                      model_source, resolve_model_name)
 
 
 @dataclass(frozen=True)
@@ -113,3 +115,27 @@ def checks() -> list[Row]:
     except Exception as e:
         rows.append(Row("models", f"PROBLEM: {type(e).__name__}: {e}", False))
     return rows
+
+
+def pull(name: str) -> Path | None:
+    """Fetch a model (or "face-parser") into its cache; its folder, or None for a built-in model."""
+    if name == "face-parser":
+        from . import masks
+
+        if masks.load_face_parser(download=True) is None:
+            raise ModelNotFoundError(f"could not download the face-parsing weights from {masks.PARSER_URL}; "
+                                     f"download resnet18.onnx by hand into {masks.cache_dir()} or pass --parser-weights")
+        return masks.cache_dir()
+    if name == "testing:gaussian":
+        return None
+    source = model_source(name)
+    if resolve_model_name(name)[2] is None and hub_offline():
+        raise ModelNotFoundError(f"cannot fetch model {name!r} ({source}): Hugging Face offline mode is on "
+                                 "(HF_HUB_OFFLINE=1); pull it on a connected machine and copy the cache "
+                                 f"({hub_cache()}), or pass a local diffusers folder with --model")
+    try:
+        return fetch_model(name, download=True)
+    except ModelNotFoundError:
+        raise ModelNotFoundError(f"could not download model {name!r} ({source}) into {hub_cache()}: "
+                                 "no network or no access; pull it on a connected machine and copy the cache, "
+                                 "or pass a local diffusers folder with --model") from None

@@ -142,7 +142,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     try:
         header = Header.from_json(raw)
         tracks = tuple(Track.from_json(t) for t in _list(raw.get("tracks")))
-    except (Malformed, TypeError, ValueError) as e:
+    except (Malformed, TypeError, ValueError, AttributeError) as e:
         raise InputError(f"{path}: manifest is damaged or incomplete ({e})") from None
     ids = [t.id for t in tracks]
     if len(set(ids)) != len(ids):
