@@ -1,6 +1,6 @@
 """Core speed: vidanon's batched key-flip core vs the naive diffusers loop, measured in one run.
 
-The real LDM architecture (DESIGN §5) with random weights — speed does not depend on the weights.
+The real LDM architecture (docs/design.md) with random weights — speed does not depend on the weights.
 Prints, per batch size: faces/s, achieved TFLOP/s, fraction of the FLOP ceiling (dense matmul peak
 measured in this run), peak GPU memory; then the same work written as a diffusers user would
 (one face at a time, fp32, DDIMInverseScheduler then DDIMScheduler) and the speed-up ratio; and the
@@ -25,7 +25,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler, UNet2DModel, VQModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidanon import keys
-from vidanon.diffusion import flip, flip_faces
+from vidanon.diffusion import flip, flip_faces, make_schedule
 from vidanon.models import COMPVIS_SCHEDULER, GaussianModel, LatentDiffusion
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -51,7 +51,7 @@ def real_architecture(seed: int = 0, tiny: bool = False, device: str | torch.dev
             block_out_channels=vq_chans, layers_per_block=layers, latent_channels=3, num_vq_embeddings=codes, vq_embed_dim=3,
             norm_num_groups=8 if tiny else 32,
         )
-    with torch.no_grad():  # keep random-weight DDIM well-posed (DESIGN §6); the FLOPs are the same
+    with torch.no_grad():  # keep random-weight DDIM well-posed (docs/design.md, testing); the FLOPs are the same
         unet.conv_out.weight *= 0.01
     return unet, vq
 
@@ -135,7 +135,8 @@ def round_trip_psnr(dtype, steps, b=2) -> float:
     gen = torch.Generator().manual_seed(1)
     x = (torch.randn(b, *g.image_shape, generator=gen) * g.std).clamp(-1, 1)
     _, m, r = inputs(g, b)
-    back = flip_faces(g, flip_faces(g, x, m, r, steps), m, r, steps)
+    sched = make_schedule(g.scheduler_config, steps)
+    back = flip_faces(g, flip_faces(g, x, m, r, sched), m, r, sched)
     sel = torch.nn.functional.interpolate(m[:, None], scale_factor=4).bool().expand_as(x)
     return float(10 * torch.log10(4 / ((back - x)[sel].double() ** 2).mean()))
 
@@ -160,7 +161,8 @@ def batch_speed(model, b: int, steps: int, flops: dict, repeat: int = 1) -> dict
     x, m, r = inputs(model, b)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
-    sec = timed(lambda: flip_faces(model, x, m, r, steps), model.device, repeat=repeat)
+    sched = make_schedule(model.scheduler_config, steps)  # once per run, as vidanon does
+    sec = timed(lambda: flip_faces(model, x, m, r, sched), model.device, repeat=repeat)
     fps = b / sec
     mem = torch.cuda.max_memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else float("nan")
     return {"batch": b, "faces_per_s": fps, "tflops": fps * flops["tflop_per_face"],
@@ -194,9 +196,10 @@ def precision_figures(device, steps: int, *, tiny=False, batch: int = 32) -> dic
         e32, e16 = fp32.eps(zt, t), bf16.eps(zt, t)
         out["eps_rel_err"][t] = rel(e16, e32)
         out["batch_invariance_eps"][t] = {"bf16": rel(bf16.eps(zt[:1], t), e16[:1]), "fp32": rel(fp32.eps(zt[:1], t), e32[:1])}
-    y16 = flip_faces(bf16, x, m, r, steps)
-    y32 = flip_faces(fp32, x, m, r, steps)
-    alone = flip_faces(bf16, x[:1], m[:1], r[:1], steps)
+    sched = make_schedule(COMPVIS_SCHEDULER, steps)
+    y16 = flip_faces(bf16, x, m, r, sched)
+    y32 = flip_faces(fp32, x, m, r, sched)
+    alone = flip_faces(bf16, x[:1], m[:1], r[:1], sched)
     psnr = lambda a, b: float(10 * torch.log10(4 / ((a - b).double() ** 2).mean()))  # noqa: E731  images in [-1, 1]
     out.update({
         "batch": batch, "steps": steps,

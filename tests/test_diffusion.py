@@ -101,11 +101,11 @@ def test_saved_tiny_model_loads_offline_and_round_trips(tmp_path, monkeypatch):
     mask = torch.zeros(2, 16, 16)
     mask[:, 4:12, 4:12] = 1
     r = signs_for(model, [0, 1])
-    anon = diffusion.anonymize_faces(model, x, mask, r, steps=10)
-    back = diffusion.deanonymize_faces(model, anon, mask, r, steps=10)
+    anon = flip_steps(model, x, mask, r, steps=10)
+    back = flip_steps(model, anon, mask, r, steps=10)
     assert anon.shape == x.shape and torch.isfinite(back).all()
     # the random VQ decoder is not an autoencoder, so only shape and determinism are checkable here
-    assert torch.equal(back, diffusion.deanonymize_faces(model, anon, mask, r, steps=10))
+    assert torch.equal(back, flip_steps(model, anon, mask, r, steps=10))
 
 
 def test_folder_without_scheduler_uses_compvis_values(tmp_path):
@@ -113,6 +113,17 @@ def test_folder_without_scheduler_uses_compvis_values(tmp_path):
     unet.save_pretrained(tmp_path / "unet")
     vq.save_pretrained(tmp_path / "vqvae")
     assert load_model(str(tmp_path), device="cpu").scheduler_config == COMPVIS_SCHEDULER
+
+
+def test_ffhq_takes_the_compvis_scheduler_whatever_its_folder_says(tmp_path):
+    """The paper's code loads its scheduler from CompVis/ldm-celebahq-256, not from the ffhq folder;
+    any other model folder's scheduler config is used over the CompVis defaults."""
+    from vidanon.models import scheduler_for
+
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"beta_end": 0.012, "timestep_spacing": "trailing"}))
+    assert scheduler_for("ffhq", tmp_path) == COMPVIS_SCHEDULER
+    assert scheduler_for(str(tmp_path), tmp_path) == {**COMPVIS_SCHEDULER, "beta_end": 0.012, "timestep_spacing": "trailing"}
 
 
 def test_missing_hub_model_offline_is_one_clear_error(tmp_path, monkeypatch):
@@ -124,8 +135,15 @@ def test_missing_hub_model_offline_is_one_clear_error(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "PolLabarbarie/diffusion-signflip-anon-face/ffhq-diffusers" in msg and str(tmp_path) in msg
     assert "vidanon models pull ffhq" in msg and "testing:gaussian" in msg and "\n" not in msg
+    # current huggingface-hub installs `hf`; `huggingface-cli` is gone from it
+    assert "hf download PolLabarbarie/diffusion-signflip-anon-face" in msg and "huggingface-cli" not in msg
     with pytest.raises(ModelNotFoundError, match="not a local directory"):
         load_model("./no/such/dir", device="cpu")
+
+
+def flip_steps(model, x, mask, signs, steps=50):
+    """The key flip with the model's own schedule at `steps` (a run makes it once and passes it in)."""
+    return diffusion.flip_faces(model, x, mask, signs, diffusion.make_schedule(model.scheduler_config, steps))
 
 
 # --- closed-form model -------------------------------------------------------------------------
@@ -152,7 +170,7 @@ def pixel_sel(mask):
 def test_closed_form_anonymizes_inside_and_keeps_outside():
     x, m = prior_faces(2, 0), square_mask(2)
     r = signs_for(GAUSS, [0, 1])
-    anon = diffusion.anonymize_faces(GAUSS, x, m, r)
+    anon = flip_steps(GAUSS, x, m, r)
     assert psnr(anon, x, pixel_sel(m)) < 15  # measured ≈ 8 dB: the face is gone
     outside = ~pixel_sel(m)
     assert torch.equal(anon[outside.expand_as(anon)], x[outside.expand_as(x)])  # latent untouched outside M
@@ -169,7 +187,7 @@ def test_closed_form_round_trip_error_falls_with_steps():
     sel = pixel_sel(m)
     got = {}
     for steps in (10, 25, 50, 100):
-        back = diffusion.deanonymize_faces(GAUSS, diffusion.anonymize_faces(GAUSS, x, m, r, steps), m, r, steps)
+        back = flip_steps(GAUSS, flip_steps(GAUSS, x, m, r, steps), m, r, steps)
         got[steps] = psnr(back, x, sel)
     assert got[50] >= 30, got
     assert got[10] < got[25] < got[50] < got[100], got
@@ -177,8 +195,8 @@ def test_closed_form_round_trip_error_falls_with_steps():
 
 def test_wrong_key_restores_nothing():
     x, m = prior_faces(1, 2), square_mask(1)
-    anon = diffusion.anonymize_faces(GAUSS, x, m, signs_for(GAUSS, [0]))
-    wrong = diffusion.deanonymize_faces(GAUSS, anon, m, signs_for(GAUSS, [0], master=bytes(31) + b"\x01"))
+    anon = flip_steps(GAUSS, x, m, signs_for(GAUSS, [0]))
+    wrong = flip_steps(GAUSS, anon, m, signs_for(GAUSS, [0], master=bytes(31) + b"\x01"))
     sel = pixel_sel(m)
     assert psnr(wrong, x, sel) <= psnr(anon, x, sel) + 0.5  # no closer to the original than the anonymized face
 
@@ -191,9 +209,9 @@ def test_batch_equals_one_face_at_a_time(tiny):
     m[1, 5:15, 5:15] = 1
     m[2, :, :8] = 1
     r = signs_for(tiny, [0, 1, 2])
-    batch = diffusion.anonymize_faces(tiny, x, m, r, steps=10)
+    batch = flip_steps(tiny, x, m, r, steps=10)
     for i in range(3):
-        one = diffusion.anonymize_faces(tiny, x[i : i + 1], m[i : i + 1], r[i : i + 1], steps=10)
+        one = flip_steps(tiny, x[i : i + 1], m[i : i + 1], r[i : i + 1], steps=10)
         assert torch.allclose(batch[i : i + 1], one, atol=1e-5), (i, (batch[i] - one[0]).abs().max())
 
 
@@ -207,10 +225,10 @@ def test_rederived_mask_degrades_restoration():
     x, m = prior_faces(1, 5), square_mask(1, 16, 48)
     grown = square_mask(1, 15, 49)
     r = signs_for(GAUSS, [9])
-    anon = diffusion.anonymize_faces(GAUSS, x, m, r)
+    anon = flip_steps(GAUSS, x, m, r)
     sel = pixel_sel(grown)
-    stored = psnr(diffusion.deanonymize_faces(GAUSS, anon, m, r), x, sel)
-    rederived = psnr(diffusion.deanonymize_faces(GAUSS, anon, grown, r), x, sel)
+    stored = psnr(flip_steps(GAUSS, anon, m, r), x, sel)
+    rederived = psnr(flip_steps(GAUSS, anon, grown, r), x, sel)
     print(f"restoration: stored mask {stored:.1f} dB, re-derived mask {rederived:.1f} dB")
     assert stored >= 30 and rederived < stored - 6
 
@@ -227,15 +245,15 @@ def test_rederived_mask_degrades_restoration():
 )
 def test_bad_shapes_are_clear_errors(x_shape, m_shape, r_shape, match):
     with pytest.raises(ValueError, match=match):
-        diffusion.anonymize_faces(GAUSS, torch.zeros(x_shape), torch.ones(m_shape), torch.ones(r_shape), steps=2)
+        flip_steps(GAUSS, torch.zeros(x_shape), torch.ones(m_shape), torch.ones(r_shape), steps=2)
 
 
 def test_non_binary_mask_and_bad_signs_are_refused():
     x, r = torch.zeros(1, 3, 256, 256), torch.ones(1, 196608)
     with pytest.raises(ValueError, match="binary"):
-        diffusion.anonymize_faces(GAUSS, x, torch.full((1, 64, 64), 0.5), r, steps=2)
+        flip_steps(GAUSS, x, torch.full((1, 64, 64), 0.5), r, steps=2)
     with pytest.raises(ValueError, match="±1"):
-        diffusion.anonymize_faces(GAUSS, x, torch.ones(1, 64, 64), r * 2, steps=2)
+        flip_steps(GAUSS, x, torch.ones(1, 64, 64), r * 2, steps=2)
 
 
 def test_compiled_unet_gives_the_same_faces():
@@ -248,13 +266,13 @@ def test_compiled_unet_gives_the_same_faces():
     m = torch.zeros(2, 16, 16)
     m[:, 4:12, 4:12] = 1
     r = signs_for(eager, [0, 1])
-    assert torch.allclose(diffusion.anonymize_faces(eager, x, m, r, steps=3),
-                          diffusion.anonymize_faces(compiled, x, m, r, steps=3), atol=1e-4)
+    assert torch.allclose(flip_steps(eager, x, m, r, steps=3),
+                          flip_steps(compiled, x, m, r, steps=3), atol=1e-4)
 
 
 def test_a_model_for_other_image_sizes_is_refused_before_any_file(tmp_path):
     from vidanon.errors import VidanonError
-    from vidanon.pipeline import check_model
+    from vidanon.stages import check_model
 
     tiny = LatentDiffusion(*tiny_models(), COMPVIS_SCHEDULER, name="tiny", digest="-", device="cpu", dtype=torch.float32)
     with pytest.raises(VidanonError, match="works on 64x64 images; vidanon aligns faces to 256x256"):

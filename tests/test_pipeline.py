@@ -3,6 +3,7 @@
 Clips are generated from faces that installed packages ship (tests/synth.py), with ground truth.
 """
 
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -17,12 +18,13 @@ import numpy as np
 import pytest
 import synth
 
-from vidanon import keys
+from vidanon import keys, stages
+from vidanon.anonymize import anonymize_video
 from vidanon.config import Config
 from vidanon.errors import InputError, WrongKeyError
-from vidanon.manifest import Manifest
+from vidanon.manifest import inspect_video
 from vidanon.models import GaussianModel
-from vidanon.pipeline import anonymize_video, deanonymize_video, inspect_video
+from vidanon.restore import deanonymize_video
 
 MASTER = bytes(range(32))
 FAST = Config(model="testing:gaussian", mask="landmarks", device="cpu", steps=4, lossless=True)
@@ -45,13 +47,13 @@ def region(img, box, shrink=0.0):
     return img[y1:y2, x1:x2]
 
 
-def footprint(manifest, frame_index, shape):
-    """Pixels any pasted crop of this frame could touch (its warped 256² square, grown by 2 px)."""
+def footprint(tracks, frame_index, shape):
+    """Pixels any pasted crop of these tracks in this frame could touch (its warped 256² square, grown by 2 px)."""
     m = np.zeros(shape[:2], np.uint8)
-    for t in manifest.tracks:
-        for f in t["faces"]:
-            if f["frame"] == frame_index:
-                a = np.array(f["affine"])
+    for t in tracks:
+        for f in t.faces:
+            if f.frame == frame_index:
+                a = f.affine_array
                 corners = np.array([[0, 0], [256, 0], [256, 256], [0, 256]], np.float64)
                 inv = cv2.invertAffineTransform(a)
                 pts = corners @ inv[:, :2].T + inv[:, 2]
@@ -108,7 +110,7 @@ def test_background_is_untouched_lossless(scenarios):
     for clip, result in scenarios.values():
         man = inspect_video(result.output)
         for i, (a, b) in enumerate(zip(synth.read_frames(clip.path), synth.read_frames(result.output))):
-            outside = ~footprint(man, i, a.shape)
+            outside = ~footprint(man.tracks, i, a.shape)
             assert np.array_equal(a[outside], b[outside]), (clip.path.name, i)
 
 
@@ -120,7 +122,7 @@ def test_background_h264_mode(work):
     result = anonymize_video(clip.path, work / "cross_h264.anon.mp4", MASTER, cfg, progress=False)
     man = inspect_video(result.output)
     for i, (a, b) in enumerate(zip(synth.read_frames(clip.path), synth.read_frames(result.output))):
-        outside = ~footprint(man, i, a.shape)
+        outside = ~footprint(man.tracks, i, a.shape)
         assert psnr(a[outside], b[outside]) >= 40, i
 
 
@@ -154,16 +156,17 @@ def test_manifest_describes_tracks_without_secrets(scenarios):
     clip, result = scenarios["reenter"]
     man = inspect_video(result.output)
     text = result.manifest.read_text()
-    assert MASTER.hex() not in text and keys._b64(MASTER) not in text
-    assert man.header["model"]["name"] == "testing:gaussian" and man.header["diffusion"]["steps"] == 4
-    assert man.header["config"]["lossless"] is True
+    assert MASTER.hex() not in text and base64.urlsafe_b64encode(MASTER).rstrip(b"=").decode() not in text
+    assert man.header.model.name == "testing:gaussian" and man.header.steps == 4
+    assert man.header.config["lossless"] is True and man.header.encoder.lossless is True
     assert len(man.tracks) == result.tracks >= 2  # leaving and re-entering gives a new track
-    faces = sum(len(t["faces"]) for t in man.tracks)
+    assert man.header.track_ids == tuple(t.id for t in man.tracks)  # the committed track list
+    faces = sum(len(t.faces) for t in man.tracks)
     assert faces == result.faces
     for t in man.tracks:
-        frames = [f["frame"] for f in t["faces"]]
+        frames = [f.frame for f in t.faces]
         assert frames == sorted(frames) and len(set(frames)) == len(frames)
-        assert (t["first_frame"], t["last_frame"]) == (frames[0], frames[-1])
+        assert (t.first_frame, t.last_frame) == (frames[0], frames[-1])
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +198,11 @@ def track_of(manifest, clip, face):
     """The track whose boxes overlap ground-truth face `face`."""
     gt = {g.frame: g.xyxy for i in range(clip.frames) for g in clip.faces_at(i) if g.face == face}
     for t in manifest.tracks:
-        f = t["faces"][0]
-        x1, y1, x2, y2 = gt[f["frame"]]
-        cx, cy = (f["box"][0] + f["box"][2]) / 2, (f["box"][1] + f["box"][3]) / 2
+        f = t.faces[0]
+        x1, y1, x2, y2 = gt[f.frame]
+        cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
         if x1 < cx < x2 and y1 < cy < y2:
-            return t["id"]
+            return t.id
     raise AssertionError("no track for face")
 
 
@@ -215,8 +218,7 @@ def test_restore_one_person_with_exported_track_key(large, work, tmp_path):
     assert min(face_psnrs(clip, out, 1)) >= 30  # that person is back
     assert max(face_psnrs(clip, out, 0)) < 20  # the other stays anonymized
     # everything but the restored person is copied through unchanged (lossless mode: bit for bit)
-    restored_only = inspect_video(result.output)
-    restored_only = Manifest(restored_only.header, [restored_only.track(tid)])
+    restored_only = [inspect_video(result.output).track(tid)]
     for i, (a, b) in enumerate(zip(synth.read_frames(result.output), out)):
         outside = ~footprint(restored_only, i, a.shape)
         assert np.array_equal(a[outside], b[outside]), i
@@ -267,16 +269,15 @@ def test_no_faces_odd_size_no_audio(tmp_path):
 
 def test_parser_mask_never_less_than_the_landmark_template():
     """A face parser that sees only part of a blurry face cannot shrink the anonymized region."""
-    from vidanon.masks import landmark_mask, latent_mask
-    from vidanon.pipeline import _mask_for
+    from vidanon.masks import face_mask, landmark_mask, latent_mask
 
     lm = np.array([[96, 110], [160, 110], [128, 140], [104, 170], [152, 170]], float)
     partial = np.zeros((256, 256), bool)
     partial[100:120, 90:170] = True  # the parser found only the eye band
-    mask, method = _mask_for(np.zeros((256, 256, 3), np.float32), lm, lambda crops: partial[None])
+    mask, method = face_mask(np.zeros((256, 256, 3), np.float32), lm, lambda crops: partial[None])
     template = latent_mask(landmark_mask(lm)).astype(bool)
     assert method == "parser+landmarks" and mask.astype(bool)[template].all()
-    assert _mask_for(np.zeros((256, 256, 3), np.float32), lm, None)[1] == "landmarks"
+    assert face_mask(np.zeros((256, 256, 3), np.float32), lm, None)[1] == "landmarks"
 
 
 def test_detection_runs_alongside_the_core_not_before_it(tmp_path, monkeypatch):
@@ -285,11 +286,10 @@ def test_detection_runs_alongside_the_core_not_before_it(tmp_path, monkeypatch):
     anonymizes behind the detection pass (not after it) can do. The output is complete."""
     import threading
 
-    from vidanon import pipeline
     from vidanon.detect import make_detector
 
     core_ran, waited = threading.Event(), []
-    run_core = pipeline.run_core
+    run_core = stages.run_core
 
     def core(*a, **k):
         core_ran.set()
@@ -305,15 +305,15 @@ def test_detection_runs_alongside_the_core_not_before_it(tmp_path, monkeypatch):
             waited.append(core_ran.wait(timeout=30))
         return centerface(rgb)
 
-    monkeypatch.setattr(pipeline, "run_core", core)
+    monkeypatch.setattr(stages, "run_core", core)
     # On the CPU detection and the core take turns (for speed, not correctness); the held detector would hold the turn.
-    monkeypatch.setattr(pipeline, "_CPU_BUSY", contextlib.nullcontext())
+    monkeypatch.setattr(stages, "CPU_BUSY", contextlib.nullcontext())
     clip = synth.crossing_clip(tmp_path / "c.mp4", frames=40)
     cfg = dataclasses.replace(FAST, max_gap=2, extend=2, batch_size=2)  # the tracker hands frames on <= 14 behind
     result = anonymize_video(clip.path, tmp_path / "c.anon.mp4", MASTER, cfg, detector=detector, progress=False)
     assert waited == [True], "the core did not run until detection had finished"
     assert result.frames == 40 and calls == 40
-    assert sum(len(t["faces"]) for t in inspect_video(tmp_path / "c.anon.mp4").tracks) == result.faces
+    assert sum(len(t.faces) for t in inspect_video(tmp_path / "c.anon.mp4").tracks) == result.faces
 
 
 def test_a_gpu_core_with_detection_on_the_cpu_is_warned_about(tmp_path, caplog):
@@ -339,13 +339,11 @@ def test_a_failing_stage_stops_every_stage_thread(tmp_path, monkeypatch, stage):
     import threading
     import time
 
-    from vidanon import pipeline
-
     def boom(*a, **k):
         raise RuntimeError("out of memory")
 
     if stage == "core":
-        monkeypatch.setattr(pipeline, "run_core", boom)
+        monkeypatch.setattr(stages, "run_core", boom)
     clip = synth.crossing_clip(tmp_path / "c.mp4", frames=12)
     with pytest.raises(RuntimeError, match="out of memory"):
         anonymize_video(clip.path, tmp_path / "o" / "c.mp4", MASTER, FAST, progress=False,
@@ -416,14 +414,48 @@ def test_windows_of_large_frames_hold_about_half_a_gigabyte():
     from concurrent.futures import ThreadPoolExecutor
     from fractions import Fraction
 
-    from vidanon import pipeline
     from vidanon.video import Frame
 
     def sizes(height, width, n=100):
         rgb = np.broadcast_to(np.zeros(3, np.uint8), (height, width, 3))  # full nbytes, no memory
         frames = ((Frame(i, rgb, i, Fraction(1, 25)), None) for i in range(n))
         with ThreadPoolExecutor(2) as pool:
-            return [len(w) for w, _ in pipeline._windows(frames, lambda frame, _: [], 32, pool)]
+            return [len(w) for w, _ in stages.windows(frames, lambda frame, _: [], 32, pool)]
 
     assert sizes(2160, 3840) == [21] * 4 + [16]
     assert sizes(360, 640) == [64, 36]
+
+
+@pytest.fixture(scope="module")
+def tiny(work):
+    """One face, two frames, 4 steps: for the checks around a restoration rather than its fidelity."""
+    clip = synth.make_clip(work / "tiny.mp4", width=160, height=120, frames=2, audio=False)
+    return anonymize_video(clip.path, work / "tiny.anon.mp4", MASTER, FAST, progress=False)
+
+
+def test_restoring_uses_the_schedule_the_manifest_recorded(tiny, tmp_path):
+    """Not the model folder's: a scheduler config that changed since (here "trailing" spacing, which
+    visits 999, 749, ...) must not change how an archive restores."""
+    from vidanon.models import COMPVIS_SCHEDULER
+
+    class Recording(GaussianModel):
+        def eps(self, z, t):
+            self.seen.add(int(t))
+            return super().eps(z, t)
+
+    model = Recording(scheduler_config={**COMPVIS_SCHEDULER, "timestep_spacing": "trailing"})
+    model.seen = set()
+    deanonymize_video(tiny.output, tmp_path / "r.mp4", MASTER, model=model, progress=False)
+    assert model.seen == {0, 250, 500, 750}  # 4 "leading" steps, as recorded
+
+
+def test_restore_checks_its_output_before_anything_else(tiny, tmp_path):
+    existing = tmp_path / "r.mp4"
+    existing.write_bytes(b"an earlier restoration")
+    with pytest.raises(InputError, match="already exists"):
+        deanonymize_video(tiny.output, existing, MASTER, progress=False)
+    assert existing.read_bytes() == b"an earlier restoration"
+    with pytest.raises(InputError, match="overwrite the input"):
+        deanonymize_video(tiny.output, tiny.output, MASTER, progress=False)
+    result = deanonymize_video(tiny.output, existing, MASTER, progress=False, overwrite=True)
+    assert result.frames == 2 and existing.stat().st_mode & 0o077 == 0

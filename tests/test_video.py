@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from vidanon.atomic import stale_temps
 from vidanon.errors import InputError, VidanonError
 from vidanon.video import VideoInfo, VideoWriter, output_suffix, probe, read_frames
 
@@ -296,8 +297,19 @@ def test_abort_deletes_temp_and_writer_checks_input(tmp_path):
     info = probe(src)
     w = VideoWriter(info, tmp_path / "out.mp4")
     w.write(pattern(0, 64, 48), 0)
-    assert (tmp_path / ".out.partial.mp4").exists()  # hidden temp name while writing
+    temp = stale_temps(tmp_path / "out.mp4")  # a hidden temp name while writing
+    assert [p.name[:9] for p in temp] == [".out.mp4."] and temp[0].name.endswith(".partial.mp4")
+    assert temp[0].stat().st_mode & 0o777 != 0o600  # an ordinary output follows the umask
     w.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.mp4"]
+
+    # A private output (restored faces) is never readable by others, not even before its rename.
+    w = VideoWriter(info, tmp_path / "restored.mp4", private=True)
+    w.write(pattern(0, 64, 48), 0)
+    assert stale_temps(tmp_path / "restored.mp4")[0].stat().st_mode & 0o777 == 0o600
+    w.close()
+    assert (tmp_path / "restored.mp4").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "restored.mp4").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.mp4"]
 
     with pytest.raises(VidanonError, match="overwrite the input"):

@@ -8,10 +8,10 @@ The names are imported lazily so that `import vidanon` (and `vidanon --help`) st
 __version__ = "0.1.0"
 
 _LAZY = {
-    "anonymize_video": "pipeline",
-    "deanonymize_video": "pipeline",
-    "inspect_video": "pipeline",
-    "Result": "pipeline",
+    "anonymize_video": "anonymize",
+    "deanonymize_video": "restore",
+    "inspect_video": "manifest",
+    "Result": "stages",
     "Config": "config",
     "load_config": "config",
     "load_model": "models",

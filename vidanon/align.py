@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse
 
 CROP_SIZE = 256
+ALIGNMENT = "ffhq-5point-v1"  # recorded in manifests: the crop recipe below
 
 
 def ffhq_affine(landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:

@@ -1,8 +1,14 @@
-"""Files written whole or not at all: a temporary name in the same folder, then a rename."""
+"""Files written whole or not at all: a hidden temporary name in the same folder, then a rename.
+
+The one on-disk convention of vidanon, used by videos, manifests, reports, contact sheets, downloaded
+weights and key files. A temporary file is `.<final name>.<random>.partial<final suffix>` (the suffix
+kept so that a muxer still recognises the container), so `stale_temps` can find what a killed run left.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,27 +16,58 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write `path` through: renamed onto `path` when the block completes, removed if it
-    fails, so `path` never holds a partial file (an interrupted run leaves at most a hidden
-    `.<name>.*.partial`). Permissions follow the umask, like any new file."""
+def temp_beside(path: str | os.PathLike, mode: int | None = None) -> Path:
+    """Create an empty, uniquely named hidden temporary file beside `path` and return its name.
+
+    mode None: the usual permissions (0666 less the umask). A private file (restored faces, keys) passes
+    0o600 and is never readable by others, not even for a moment."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600
-        with os.fdopen(fd, "wb") as f:
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)  # mkstemp makes 0600
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Temporary files of `path` left by a run that was killed before its rename."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.partial*")) if path.parent.is_dir() else []
+
+
+def commit(tmp: Path, path: str | os.PathLike, *, replace: bool = True) -> None:
+    """Rename a finished temporary file onto `path`. replace=False refuses an existing `path`
+    (FileExistsError) without a window in which two writers could both win."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if `path` exists
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, *, mode: int | None = None, replace: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: renamed onto `path` when the block completes, removed if it
+    fails, so `path` never holds a partial file."""
+    tmp = temp_beside(path, mode)
+    try:
+        with open(tmp, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        commit(tmp, path, replace=replace)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_file(path) as f:
+def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None, replace: bool = True) -> None:
+    with atomic_file(path, mode=mode, replace=replace) as f:
         f.write(data)

@@ -1,8 +1,10 @@
-"""The `vidanon` command: a thin argparse layer over batch, pipeline, keys and contact_sheet.
+"""The `vidanon` command: a thin argparse layer over the library (folder_run, restore, manifest, keys,
+contact_sheet, doctor).
 
 It parses arguments, builds the Config (defaults < --config FILE < flags), calls the library and
-prints. Heavy modules (torch, diffusers) are imported only by the commands that need them, so
-`--help`, `keygen`, `inspect` and `export-key` answer at once.
+prints; the checks live in the library. Heavy modules (torch, diffusers) are imported only by the
+commands that need them, so `--help`, `keygen`, `inspect` and `export-key` answer at once.
+Progress bars are drawn only on a terminal; -q prints warnings and errors only.
 
 Exit codes: 0 success (skipped files count as success), 1 some file failed, 2 usage errors and
 errors that stop a run before any file (bad key file, model not found, bad config), 130 interrupted
@@ -12,7 +14,6 @@ errors that stop a run before any file (bad key file, model not found, bad confi
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -21,11 +22,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, batch, keys
-from .config import FIELDS, Config, load_config, restore_config
+from . import __version__, folder_run, keys
+from .config import FIELDS, Config, load_config
 from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
-from .errors import InputError, ModelNotFoundError, VidanonError
-from .manifest import SUFFIX, Manifest, manifest_for, manifest_path, read_manifest
+from .errors import InputError, VidanonError
+from .folder_run import plural
+from .manifest import SUFFIX, inspect_video, open_tracks, video_for
 
 log = logging.getLogger("vidanon")
 D = Config()  # the defaults shown in --help
@@ -49,6 +51,17 @@ def _info(args, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
+def _result(args, message: str) -> None:
+    """A result line or table on stdout; silent with -q (warnings and errors only)."""
+    if not args.quiet:
+        print(message)
+
+
+def _progress(args) -> bool:
+    """Progress bars only on a terminal: in a redirected log their escape codes are noise."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 class _TqdmHandler(logging.Handler):
     """Log lines through tqdm.write so they do not break the progress bars."""
 
@@ -70,7 +83,7 @@ class _Lowercase(logging.Formatter):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = _TqdmHandler()
     fmt = "vidanon: %(levelname)s: %(message)s" if verbose == 0 else "%(name)s: %(levelname)s: %(message)s"
     handler.setFormatter(_Lowercase(fmt))
@@ -94,8 +107,8 @@ def _raise_interrupt(signum, frame):
 
 def cmd_keygen(args) -> int:
     keys.save_master_key(args.output, keys.generate_master_key())  # refuses an existing file
-    print(f"wrote a new master key to {args.output} (mode 0600)")
-    print(KEY_WARNING, file=sys.stderr)
+    _result(args, f"wrote a new master key to {args.output} (mode 0600)")
+    log.warning(KEY_WARNING)
     return 0
 
 
@@ -105,32 +118,37 @@ def _config_from_args(args) -> Config:
 
 
 def cmd_anonymize(args) -> int:
+    from .device import check_device
+    from .stages import check_output_folder
+    from .weights import resolve_model_name
+
+    # Everything is checked before anything is written: settings, key, device, inputs, model name, folders.
     cfg = _config_from_args(args)
-    master = keys.load_master_key(args.key_file)  # a bad key stops the run before any file
+    master = keys.load_master_key(args.key_file)
+    check_device(cfg.device)
     outdir = Path(args.output)
-    if not args.dry_run:
-        try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"{outdir}: cannot create the output folder ({e.strerror or e})") from None
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: exists and is not a folder")
+    check_output_folder(outdir)
+    jobs = folder_run.plan(args.inputs, outdir, cfg, patterns=args.glob, overwrite=args.overwrite)
+    resolve_model_name(cfg.model)
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise InputError(f"{args.report}: the report's folder does not exist")
-    jobs = batch.plan(args.inputs, outdir, lossless=cfg.lossless, patterns=args.glob, overwrite=args.overwrite)
     if not jobs:
         log.warning("no video files found in %s (looked for %s)", ", ".join(args.inputs),
-                    " ".join(args.glob or batch.DEFAULT_PATTERNS))
+                    " ".join(args.glob or folder_run.DEFAULT_PATTERNS))
     if args.dry_run:
-        report = batch.Report(jobs, cfg.to_dict(), dry_run=True)
-        print(report.summary())
+        report = folder_run.Report(jobs, cfg.to_dict(), dry_run=True)
+        _result(args, report.summary())
         if args.report:
             report.write(args.report)
         return report.exit_code
 
     def on_file(job) -> None:
         if job.status == "done":
-            _info(args, f"done: {job.input} -> {job.output} ({job.faces} faces, {job.tracks} tracks, {job.seconds:.1f} s)")
+            redone = f"; redone: {job.redo}" if job.redo else ""
+            _info(args, f"done: {job.input} -> {job.output} ({plural(job.faces, 'face')}, {plural(job.tracks, 'track')}, "
+                        f"{job.seconds:.1f} s{redone})")
         else:  # most reasons already start with the file's name
             reason = job.reason if job.reason.startswith(str(job.input)) else f"{job.input}: {job.reason}"
             _info(args, f"{job.status}: {reason}")
@@ -139,42 +157,32 @@ def cmd_anonymize(args) -> int:
         if job.status != "pending":
             on_file(job)
     try:
-        report = batch.run_batch(jobs, master, cfg, progress=not args.quiet, on_file=on_file)
-    except batch.BatchInterrupted as stop:
+        report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file)
+    except folder_run.BatchInterrupted as stop:
         report = stop.report
-        print(report.summary())
+        _result(args, report.summary())
         _err("interrupted: nothing partial is left under a final output name; "
              "run the same command again to do the rest (finished files are skipped)")
     else:
-        print(report.summary())
+        _result(args, report.summary())
     if args.report:
         report.write(args.report)
     return report.exit_code
 
 
-def _read_manifest_of(path: str) -> tuple[Path, Manifest]:
-    """(video, manifest) for a video or for its manifest file (like pipeline.inspect_video, without importing torch)."""
-    path, man = Path(path), read_manifest(manifest_for(path))
-    if not path.name.endswith(SUFFIX):
-        return path, man
-    stem = path.name[: -len(SUFFIX)]
-    videos = sorted(p for p in path.parent.glob(glob.escape(stem) + ".*") if p.suffix != ".json" and p.is_file())
-    return (videos[0] if videos else path.with_name(stem + ".mp4")), man
-
-
 def cmd_inspect(args) -> int:
     from .contact_sheet import track_rows, write_contact_sheet
 
-    video, man = _read_manifest_of(args.video)
+    man, video = inspect_video(args.video), video_for(args.video)
     rows = track_rows(man)
     h = man.header
     if args.json:
-        print(json.dumps({"video": str(video), "video_id": h["video_id"], **h["video"],
-                          "model": h["model"]["name"], "steps": h["diffusion"]["steps"], "tracks": rows}, indent=2))
+        print(json.dumps({"video": str(video), "video_id": h.video_id.hex(), **h.video.to_json(),
+                          "model": h.model.name, "steps": h.steps, "tracks": rows}, indent=2))
     else:
-        v = h["video"]
-        print(f"{video}: {v['width']}x{v['height']}, {v['frames']} frames, {len(rows)} track(s); "
-              f"model {h['model']['name']}, {h['diffusion']['steps']} steps")
+        v = h.video
+        print(f"{video}: {v.width}x{v.height}, {plural(v.frames, 'frame')}, {plural(len(rows), 'track')}; "
+              f"model {h.model.name}, {h.steps} steps")
         table = [("track", "first", "last", "frames", "face px (mean w x h)")]
         table += [(str(r["id"]), r["first_time"], r["last_time"], str(r["frames"]),
                    f"{r['mean_width']:.0f} x {r['mean_height']:.0f}") for r in rows]
@@ -190,70 +198,44 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_export_key(args) -> int:
-    video, man = _read_manifest_of(args.video)
+    man, video = inspect_video(args.video), video_for(args.video)
     master = keys.load_master_key(args.key_file)
     man.track(args.track)  # the track must exist
-    tk = keys.track_key(master, man.video_id, args.track)
-    man.check_key(args.track, tk)  # the master key must be the one this video was made with
+    tk = open_tracks(man, master, [args.track])[args.track]  # the master key must be the one this video was made with
     keys.save_track_key(args.output, keys.TrackKey(man.video_id, args.track, tk))
-    print(f"wrote the key of track {args.track} of {video} to {args.output} (mode 0600)")
-    print("It restores that one person in this one video and nothing else; give it only to who may see them.",
-          file=sys.stderr)
+    _result(args, f"wrote the key of track {args.track} of {video} to {args.output} (mode 0600)")
+    log.warning("It restores that one person in this one video and nothing else; give it only to who may see them.")
     return 0
 
 
 def cmd_deanonymize(args) -> int:
-    src = Path(args.video)
-    # Load the key first: a bad key file is the commonest mistake and needs no model.
-    key = keys.load_master_key(args.key_file) if args.key_file else keys.load_track_key(args.track_key)
-    man = read_manifest(manifest_path(src))
-    outdir = Path(args.output)
-    dst = outdir / src.name
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir}: exists and is not a folder")
-    if dst.resolve() == src.resolve():
-        raise InputError(f"{dst}: the output would overwrite the input; choose another -o")
-    if dst.exists() and not args.overwrite:
-        raise InputError(f"{dst}: already exists (use --overwrite to replace it)")
-    if not isinstance(key, keys.TrackKey):
-        # A wrong master key is answered at once, before torch and the model load (the pipeline checks again).
-        for tid in args.track or [t["id"] for t in man.tracks]:
-            man.check_key(tid, keys.track_key(key, man.video_id, tid))
-    # the machine restoring may not be the one that anonymized
-    cfg = restore_config(man.header["config"], **{k: getattr(args, k) for k in ("model", "device", "batch_size")})
-    from .pipeline import deanonymize_video
+    from .restore import deanonymize_video
 
-    result = deanonymize_video(src, dst, key, args.track or None, config=cfg, progress=not args.quiet)
-    print(f"restored {result.faces} faces of {result.tracks} track(s) into {dst} ({result.seconds:.1f} s)")
-    print("The output shows real faces: handle it as personal data.", file=sys.stderr)
+    src = Path(args.video)
+    # A bad key file is the commonest mistake: answered before anything else.
+    key = keys.load_master_key(args.key_file) if args.key_file else keys.load_track_key(args.track_key)
+    dst = Path(args.output) / src.name
+    # The machine restoring may not be the one that anonymized: model, device and batch size may be given.
+    result = deanonymize_video(src, dst, key, args.track or None, model_name=args.model, device=args.device,
+                               batch_size=args.batch_size, compile=args.compile, progress=_progress(args),
+                               overwrite=args.overwrite)
+    _result(args, f"restored {plural(result.faces, 'face')} of {plural(result.tracks, 'track')} into {dst} ({result.seconds:.1f} s)")
+    log.warning("The output shows real faces: handle it as personal data.")
     return 0
 
 
-def _model_rows() -> list[tuple[str, str, str, str, str]]:
-    from . import masks
-    from .models import KNOWN_MODELS, fetch_model
-
-    rows = []
-    for alias, m in KNOWN_MODELS.items():
-        if not m.repo:
-            cached = "built in"
-        else:
-            try:
-                cached = f"yes ({fetch_model(alias, download=False)})"
-            except ModelNotFoundError:
-                cached = "no"
-        rows.append((alias, f"{m.repo}{'/' + m.subfolder if m.subfolder else ''}" or "-", m.licence, cached, m.about))
-    parser = masks.cache_dir() / Path(masks.PARSER_URL).name
-    rows.append(("face-parser", "yakhyo/face-parsing (GitHub release resnet18.onnx)", "MIT",
-                 f"yes ({parser})" if parser.is_file() else "no",
-                 "BiSeNet face parsing for --mask auto/parser (else landmark masks)"))
-    return rows
-
-
 def cmd_models(args) -> int:
+    from .doctor import model_rows
+
     if args.action == "pull":
-        return _pull(args.name)
-    table = [("name", "source", "licence", "cached", "about")] + _model_rows()
+        from .doctor import pull
+
+        folder = pull(args.name)
+        print(f"{args.name} is built in; nothing to fetch" if folder is None else f"{args.name} is in the cache: {folder}")
+        return 0
+    table = [("name", "source", "licence", "cached", "about")]
+    table += [(m.name, m.source, m.licence, "built in" if m.built_in else f"yes ({m.cached})" if m.cached else "no", m.about)
+              for m in model_rows()]
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
@@ -261,114 +243,13 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _pull(name: str) -> int:
-    if name == "face-parser":
-        from . import masks
-
-        if masks.load_face_parser(download=True) is None:
-            raise ModelNotFoundError(f"could not download the face-parsing weights from {masks.PARSER_URL}; "
-                                     f"download resnet18.onnx by hand into {masks.cache_dir()} or pass --parser-weights")
-        print(f"face-parser is in the cache: {masks.cache_dir()}")
-        return 0
-    from huggingface_hub import constants
-
-    from .models import fetch_model, resolve_model_name
-
-    if name == "testing:gaussian":
-        print("testing:gaussian is built in; nothing to fetch")
-        return 0
-    repo, subfolder, local = resolve_model_name(name)
-    source = f"{repo}{'/' + subfolder if subfolder else ''}"
-    if local is None and constants.HF_HUB_OFFLINE:
-        raise ModelNotFoundError(f"cannot fetch model {name!r} ({source}): Hugging Face offline mode is on "
-                                 "(HF_HUB_OFFLINE=1); pull it on a connected machine and copy the cache "
-                                 f"({constants.HF_HUB_CACHE}), or pass a local diffusers folder with --model")
-    try:
-        folder = fetch_model(name, download=True)
-    except ModelNotFoundError:
-        raise ModelNotFoundError(f"could not download model {name!r} ({source}) into {constants.HF_HUB_CACHE}: "
-                                 "no network or no access; pull it on a connected machine and copy the cache, "
-                                 "or pass a local diffusers folder with --model") from None
-    print(f"{name} is in the cache: {folder}")
-    return 0
-
-
 def cmd_doctor(args) -> int:
-    ok = True
+    from .doctor import checks
 
-    def row(name: str, value: str) -> None:
-        print(f"{name:<24} {value}")
-
-    def check(name: str, fn, essential: bool = True) -> None:
-        nonlocal ok
-        try:
-            row(name, fn())
-        except Exception as e:  # doctor reports whatever is broken, it never stops on it
-            row(name, f"PROBLEM: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            ok = ok and not essential
-
-    row("vidanon", __version__)
-    row("python", f"{sys.version.split()[0]} ({sys.executable})")
-
-    def torch_info():
-        import torch
-
-        return torch.__version__
-
-    def cuda_info():
-        import torch
-
-        if torch.cuda.is_available():
-            return f"yes: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-        return "no: CPU only (about 80 s per face at 50 steps on 2 cores; use a GPU for real work)"
-
-    def ort_info():
-        import onnxruntime
-
-        from .detect import onnx_providers
-
-        return (f"{onnxruntime.__version__}; available {', '.join(onnxruntime.get_available_providers())}; "
-                f"detector uses {', '.join(p if isinstance(p, str) else p[0] for p in onnx_providers('auto'))}")
-
-    def av_info():
-        import av
-
-        return f"{av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))})"
-
-    def encoder(name: str):
-        def probe():
-            import av
-
-            av.codec.Codec(name, "w")
-            return "yes"
-        return probe
-
-    def centerface():
-        from .detect import _centerface_path
-
-        return f"yes ({_centerface_path()})"
-
-    def hf_cache():
-        from huggingface_hub import constants
-
-        return f"{constants.HF_HUB_CACHE}{' (offline mode)' if constants.HF_HUB_OFFLINE else ''}"
-
-    check("torch", torch_info)
-    check("CUDA", cuda_info)
-    check("onnxruntime", ort_info)
-    check("PyAV", av_info)
-    for name in ("libx264", "libx264rgb", "aac"):
-        check(f"encoder {name}", encoder(name))
-    check("CenterFace ONNX", centerface)
-    row("SCRFD", "optional; " + SCRFD_LICENCE_NOTE)
-    check("HF cache", hf_cache, essential=False)
-    try:
-        for name, _, _, cached, _ in _model_rows():
-            row(f"model {name}" if name != "face-parser" else "face parser",
-                cached if cached != "no" else f"not cached: run `vidanon models pull {name}`")
-    except Exception as e:
-        row("models", f"PROBLEM: {type(e).__name__}: {e}")
-        ok = False
+    rows = checks()
+    for row in rows:
+        print(f"{row.name:<24} {row.value}")
+    ok = all(row.ok for row in rows)
     print("\nall essentials are in place" if ok else "\nsome essentials are missing (see PROBLEM above)")
     return 0 if ok else 1
 
@@ -381,7 +262,7 @@ def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
     default = {} if top else {"default": argparse.SUPPRESS}
     parser.add_argument("-v", "--verbose", action="count", help="more detail (-vv: debug); tracebacks on errors",
                         **({"default": 0} if top else default))
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-file lines",
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only",
                         **({"default": False} if top else default))
 
 
@@ -440,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", required=True, metavar="FILE", help="master key file (make one with `vidanon keygen`)")
     p.add_argument("--glob", action="append", metavar="PATTERN",
                    help="file name pattern to pick in folders, repeatable, case-insensitive "
-                        f"(default: {' '.join(batch.DEFAULT_PATTERNS)})")
+                        f"(default: {' '.join(folder_run.DEFAULT_PATTERNS)})")
     _model_options(p)
     p.add_argument("--steps", type=int, metavar="N",
                    help=f"DDIM steps; fewer is faster, restoration fidelity falls with fewer (default: {D.steps})")
@@ -454,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {D.mask})")
     p.add_argument("--parser-weights", metavar="FILE", help="BiSeNet face-parsing ONNX file (default: the user cache)")
     p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
-                   help="lossless RGB H.264 (libx264rgb qp 0) for evidential archives "
-                        f"(default: {'yes' if D.lossless else 'no, H.264 at --crf'})")
+                   help="lossless RGB H.264 (libx264rgb qp 0) for evidential archives and the best restoration; "
+                        "files are about 10x larger and use H.264's High 4:4:4 Predictive profile, which many "
+                        f"players and browsers cannot play (default: {'yes' if D.lossless else 'no, H.264 at --crf'})")
     p.add_argument("--crf", type=int, metavar="N", help=f"H.264 quality when not lossless, 0-51 (default: {D.crf})")
     p.add_argument("--preset", metavar="NAME", help=f"x264 preset (default: {D.preset})")
     p.add_argument("--config", metavar="FILE", help="YAML settings file (default: none; built-in defaults)")
@@ -489,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deanonymize", help="restore all or chosen people of an anonymized video", formatter_class=fmt,
                        description="Restore the faces of an anonymized VIDEO into OUTDIR/<name>: all tracks with "
                                    "the master key, or the chosen --track(s); a track key restores its one track. "
-                                   "Other faces stay anonymized. A wrong key is refused before anything is written.")
+                                   "Other faces stay anonymized. A wrong key is refused before anything is written. "
+                                   "Steps, diffusion schedule, masks and encoding (lossless or crf) come from the "
+                                   "manifest, as the video was made; only the model, device and batch size may be "
+                                   "chosen here. The output is readable by its owner only (mode 0600).")
     p.add_argument("video", metavar="VIDEO", help="anonymized video (its manifest must lie beside it)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     which = p.add_mutually_exclusive_group(required=True)

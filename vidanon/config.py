@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from .device import DEVICES, parse_device
 from .errors import InputError
 
 
@@ -62,12 +63,34 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise InputError(f"config: {message}")
+        try:
+            parse_device(self.device)
+        except InputError:
+            raise InputError(f"config: device must be {DEVICES}, got {self.device!r}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name for f in fields(Config)}
+# The settings that change what an output looks like (not batch_size, device, compile: those change only
+# how fast it is made). A rerun redoes a file whose manifest recorded other values.
+OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "min_face", "mask", "feather", "max_gap", "extend",
+                   "iou_threshold", "lossless", "crf", "preset")
+
+
+def changed_settings(recorded: dict, cfg: Config) -> list[str]:
+    """'name old -> new' for each output-changing setting in which `cfg` differs from the settings a
+    manifest recorded. A setting the recorded run did not know had its default then."""
+    default, now = Config().to_dict(), cfg.to_dict()
+    changes = []
+    for name in OUTPUT_SETTINGS:
+        if name == "crf" and cfg.lossless:
+            continue  # lossless output has no crf
+        before = recorded.get(name, default[name])
+        if before != now[name]:
+            changes.append(f"{name} {before} -> {now[name]}")
+    return changes
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -20,6 +19,7 @@ import numpy as np
 from .atomic import write_atomic
 from .errors import InputError, VidanonError
 from .manifest import Manifest
+from .records import Face, Track
 from .video import read_frames
 
 TILE = 128  # px, side of one face tile
@@ -32,12 +32,12 @@ BG, FG, DIM = (38, 38, 38), (235, 235, 235), (160, 160, 160)  # BGR
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def face_seconds(manifest: Manifest, face: dict) -> float:
+def face_seconds(manifest: Manifest, face: Face) -> float:
     """When a face is shown: pts × time_base (frame / fps when the frame had no pts)."""
-    video = manifest.header["video"]
-    if face.get("pts") is not None:
-        return float(face["pts"] * Fraction(video["time_base"]))
-    return face["frame"] / (video.get("fps") or 25)
+    video = manifest.header.video
+    if face.pts is not None:
+        return float(face.pts * video.time_base)
+    return face.frame / (video.fps or 25)
 
 
 def hms(seconds: float) -> str:
@@ -50,23 +50,23 @@ def track_rows(manifest: Manifest) -> list[dict]:
     """One summary per track: id, frame range, first/last time, frames seen, mean face size from the boxes."""
     rows = []
     for t in manifest.tracks:
-        faces = t["faces"]
-        w = [f["box"][2] - f["box"][0] for f in faces] or [0.0]
-        h = [f["box"][3] - f["box"][1] for f in faces] or [0.0]
+        faces = t.faces
+        w = [f.width for f in faces] or [0.0]
+        h = [f.height for f in faces] or [0.0]
         first, last = (face_seconds(manifest, faces[0]), face_seconds(manifest, faces[-1])) if faces else (0.0, 0.0)
         rows.append({
-            "id": t["id"], "first_frame": t["first_frame"], "last_frame": t["last_frame"],
+            "id": t.id, "first_frame": t.first_frame, "last_frame": t.last_frame,
             "first_time": hms(first), "last_time": hms(last),
             "first_seconds": round(first, 3), "last_seconds": round(last, 3),
-            "frames": len(faces), "interpolated": sum(bool(f.get("interpolated")) for f in faces),
+            "frames": len(faces), "interpolated": sum(f.interpolated for f in faces),
             "mean_width": round(float(np.mean(w)), 1), "mean_height": round(float(np.mean(h)), 1),
         })
     return rows
 
 
-def pick_moments(track: dict, count: int = 4) -> list[dict]:
+def pick_moments(track: Track, count: int = 4) -> list[Face]:
     """Up to `count` faces spread evenly over the track, detected ones preferred over interpolated."""
-    faces = [f for f in track["faces"] if not f.get("interpolated")] or track["faces"]
+    faces = [f for f in track.faces if not f.interpolated] or list(track.faces)
     if not faces:
         return []
     idx = np.unique(np.linspace(0, len(faces) - 1, min(count, len(faces))).round().astype(int))
@@ -96,11 +96,10 @@ def _text(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.42, color
 def make_contact_sheet(video: str | os.PathLike, manifest: Manifest, *, per_track: int = 4, tile: int = TILE) -> np.ndarray:
     """The contact sheet as a BGR uint8 image (one row per track; a note when there are none)."""
     video = Path(video)
-    picks = {t["id"]: pick_moments(t, per_track) for t in manifest.tracks}
-    needed: dict[int, list[tuple[int, int, dict]]] = {}  # frame -> [(row, column, face)]
+    needed: dict[int, list[tuple[int, int, Face]]] = {}  # frame -> [(row, column, face)]
     for row, t in enumerate(manifest.tracks):
-        for col, face in enumerate(picks[t["id"]]):
-            needed.setdefault(face["frame"], []).append((row, col, face))
+        for col, face in enumerate(pick_moments(t, per_track)):
+            needed.setdefault(face.frame, []).append((row, col, face))
 
     row_h = tile + CAPTION_H + PAD
     width = LABEL_W + per_track * (tile + PAD) + PAD
@@ -112,13 +111,13 @@ def make_contact_sheet(video: str | os.PathLike, manifest: Manifest, *, per_trac
         _text(sheet, "no faces were found in this video", PAD, HEADER_H + 30, 0.5, DIM)
     for row, t in enumerate(manifest.tracks):
         y = HEADER_H + row * row_h
-        _text(sheet, f"track {t['id']}", PAD, y + 24, 0.6, FG, 2)
-        _text(sheet, f"{len(t['faces'])} frames", PAD, y + 46, 0.42, DIM)
+        _text(sheet, f"track {t.id}", PAD, y + 24, 0.6, FG, 2)
+        _text(sheet, f"{len(t.faces)} frame{'s' * (len(t.faces) != 1)}", PAD, y + 46, 0.42, DIM)
 
     # One pass over the video; stop after the last frame we need.
     last = max(needed, default=-1)
     found = 0
-    size = (manifest.header["video"]["height"], manifest.header["video"]["width"])
+    size = (manifest.header.video.height, manifest.header.video.width)
     with contextlib.closing(read_frames(video)) as frames:
         for frame in frames:
             if frame.rgb.shape[:2] != size:
@@ -128,7 +127,7 @@ def make_contact_sheet(video: str | os.PathLike, manifest: Manifest, *, per_trac
                 break
             for row, col, face in needed.get(frame.index, ()):
                 x, y = LABEL_W + col * (tile + PAD), HEADER_H + row * row_h
-                sheet[y : y + tile, x : x + tile] = face_tile(frame.rgb, face["box"], tile)
+                sheet[y : y + tile, x : x + tile] = face_tile(frame.rgb, face.box, tile)
                 _text(sheet, hms(face_seconds(manifest, face)), x + 2, y + tile + 13, 0.4, DIM)
                 found += 1
     if found < sum(len(v) for v in needed.values()):

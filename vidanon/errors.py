@@ -9,6 +9,10 @@ class InputError(VidanonError):
     """A file that cannot be used as input (missing, empty, not a video, truncated, ...)."""
 
 
+class ManifestAlteredError(InputError):
+    """The key is right, but the manifest does not match its MACs or its track list: it was altered."""
+
+
 class KeyFileError(VidanonError):
     """A key file that is missing, malformed, or readable by others."""
 

@@ -1,4 +1,4 @@
-"""Keys: master key files, per-track keys, flip signs, and sealing (DESIGN.md §3).
+"""Keys: master key files, per-track keys, flip signs, sealing and key checks (docs/formats.md).
 
 Everything here is a stable format: an archive anonymized today must open in ten years,
 so the constants below never change (a new scheme gets a new version string).
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .atomic import write_atomic
 from .errors import KeyFileError, WrongKeyError
 
 MASTER_PREFIX = "vidanon-key-v1:"
@@ -31,6 +32,9 @@ FLIP_INFO = b"vidanon/flip/v1"
 SEAL_INFO = b"vidanon/seal/v1"
 ORIGINAL_INFO = b"vidanon/original/v1"  # original face pixels (sealed originals)
 MAC_INFO = b"vidanon/manifest-mac/v1"
+KEY_CHECK_INFO = b"vidanon/key-check/v1"
+HEADER_MAC_INFO = b"vidanon/manifest-header-mac/v1"
+KEY_CHECK_SIZE = 16  # bytes of the key check value kept: enough that a wrong key never passes by chance
 NONCE_SIZE = 12
 
 
@@ -49,17 +53,14 @@ def _unb64(text: str) -> bytes:
 
 
 def _write_secret(path: Path, line: str, overwrite: bool) -> None:
-    """Create the file with mode 0600 from the start, so the key is never readable by others."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    """Written whole or not at all, mode 0600 from the start, so the key is never readable by others
+    and a crash never leaves an empty key file behind."""
     try:
-        fd = os.open(path, flags, 0o600)
+        write_atomic(path, (line + "\n").encode("ascii"), mode=0o600, replace=overwrite)
     except FileExistsError:
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key file") from None
     except OSError as e:
-        raise KeyFileError(f"{path}: cannot write key file ({e.strerror})") from None
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)
-        f.write(line + "\n")
+        raise KeyFileError(f"{path}: cannot write key file ({e.strerror or e})") from None
 
 
 def _read_secret(path: Path) -> str:
@@ -170,6 +171,26 @@ def mac(tkey: bytes, data: bytes) -> str:
 
 def mac_ok(tkey: bytes, data: bytes, tag: str) -> bool:
     return hmac.compare_digest(mac(tkey, data), tag)
+
+
+def key_check(key: bytes, salt: bytes = b"") -> str:
+    """Key check value: HMAC-SHA256(key, 'vidanon/key-check/v1' ‖ salt), first 16 bytes, hex.
+
+    It answers one question, "is this the key?", so that a wrong key is told apart from an altered
+    manifest. The master key's value is salted per video, so two manifests do not show that they share
+    a master key."""
+    return hmac.new(key, KEY_CHECK_INFO + salt, hashlib.sha256).digest()[:KEY_CHECK_SIZE].hex()
+
+
+def key_check_ok(key: bytes, value: str, salt: bytes = b"") -> bool:
+    return hmac.compare_digest(key_check(key, salt), value)
+
+
+def header_mac(master: bytes, video_id: bytes, data: bytes) -> str:
+    """HMAC-SHA256 of a manifest header under a key derived from the master key (HKDF, salt = video_id,
+    info = 'vidanon/manifest-header-mac/v1'): covers the header and its commitment to the track list."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=video_id, info=HEADER_MAC_INFO)
+    return hmac.new(hkdf.derive(master), data, hashlib.sha256).hexdigest()
 
 
 def seal(tkey: bytes, data: bytes, aad: bytes, info: bytes = SEAL_INFO) -> bytes:

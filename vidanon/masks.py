@@ -5,10 +5,12 @@
 * `landmark_mask`: a weight-free fallback, an ellipse placed from the 5 landmarks.
 * `latent_mask`: crop mask -> binary latent mask M (the flip is an involution only for M in {0, 1}).
 * `paste_alpha`: M back at crop size, exactly 1 on the flipped region and feathered outside it.
+* `face_mask`: the mask policy of a run: the parser's face classes, never less than the landmark template.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import math
@@ -19,8 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vidanon.align import CROP_SIZE
-from vidanon.errors import ModelNotFoundError
+from .align import CROP_SIZE
+from .atomic import atomic_file
+from .device import onnx_providers
+from .errors import ModelNotFoundError
+from .weights import vidanon_cache
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +139,16 @@ class FaceParser:
 
 
 def cache_dir() -> Path:
-    """Where downloaded face-parsing weights live: $VIDANON_CACHE, else $XDG_CACHE_HOME/vidanon, else ~/.cache/vidanon."""
-    root = os.environ.get("VIDANON_CACHE")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vidanon")
-    return Path(root) / "face-parsing"
+    """Where downloaded face-parsing weights live (see weights.vidanon_cache)."""
+    return vidanon_cache() / "face-parsing"
 
 
 def _download(url: str, dest: Path) -> None:
     """Fetch url to dest atomically: a partial download never sits under the final name."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            while block := response.read(1 << 20):
-                f.write(block)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with urllib.request.urlopen(url, timeout=60) as response, atomic_file(dest) as f:
+        while block := response.read(1 << 20):
+            f.write(block)
 
 
 def load_face_parser(
@@ -195,3 +192,20 @@ def load_face_parser(
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def face_mask(crop: np.ndarray, lm_crop: np.ndarray, parser: FaceParser | None) -> tuple[np.ndarray, str]:
+    """Latent mask of one aligned face and how it was made: the parser's face classes, never less than the
+    landmark template, so a parser that misses part of a blurry, tiny CCTV face cannot leave that part
+    un-anonymized."""
+    template = landmark_mask(lm_crop)
+    if parser is None:
+        return latent_mask(template), "landmarks"
+    return latent_mask(parser(crop[None].astype(np.uint8))[0] | template), "parser+landmarks"
+
+
+@functools.lru_cache(maxsize=4)
+def face_parser(weights: str | None, download: bool, device: str) -> FaceParser | None:
+    """Loaded once per process, not once per file of a folder run. Only `--mask parser` downloads:
+    `auto` uses cached weights or none, so a run on an air-gapped CCTV server never reaches out."""
+    return load_face_parser(weights, download=download, providers=onnx_providers(device))

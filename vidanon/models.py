@@ -1,17 +1,18 @@
-"""Diffusion models: where they come from and the three functions the core needs (DESIGN.md §5, §6).
+"""Diffusion models: the three functions the core needs (docs/design.md, "Models").
 
 A model here is anything with `encode`, `decode`, `eps` and a scheduler config. Two kinds:
 - `LatentDiffusion`: a diffusers UNet2DModel + VQModel (the paper's FFHQ LDM, CompVis CelebA-HQ),
   from the Hugging Face hub cache or a local directory;
 - `GaussianModel` (`testing:gaussian`): a closed-form model with exact answers, for tests and for trying
   the mechanics offline. It produces no realistic faces.
+
+Where weights come from (hub ids, aliases, caches) is `weights.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .device import torch_device
 from .errors import ModelNotFoundError
+from .weights import DEFAULT_MODEL, fetch_model
 
-log = logging.getLogger(__name__)
-
-# Scheduler of the CompVis LDMs (CelebA-HQ 256, FFHQ 256), used when a model folder has none (DESIGN §2).
+# Scheduler of the CompVis LDMs (CelebA-HQ 256, FFHQ 256), used when a model folder has none (docs/design.md).
 COMPVIS_SCHEDULER = {
     "num_train_timesteps": 1000,
     "beta_start": 0.0015,
@@ -39,40 +40,9 @@ COMPVIS_SCHEDULER = {
 SCHEDULER_KEYS = tuple(COMPVIS_SCHEDULER)
 
 
-@dataclass(frozen=True)
-class KnownModel:
-    alias: str
-    repo: str
-    subfolder: str | None
-    licence: str
-    about: str
-
-
-KNOWN_MODELS = {
-    m.alias: m
-    for m in (
-        KnownModel("ffhq", "PolLabarbarie/diffusion-signflip-anon-face", "ffhq-diffusers", "MIT",
-                   "the paper's FFHQ 256 LDM, converted to diffusers by its authors (default)"),
-        KnownModel("celebahq", "CompVis/ldm-celebahq-256", None, "Apache-2.0 (CompVis LDM)",
-                   "CompVis latent diffusion trained on CelebA-HQ 256"),
-        KnownModel("testing:gaussian", "", None, "MIT (built in)",
-                   "closed-form test model: exact round trips, NO realistic faces"),
-    )
-}
-DEFAULT_MODEL = "ffhq"
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelNotFoundError(f"device {device!r} requested but torch sees no CUDA GPU (torch {torch.__version__})")
-    return torch.device(device)
-
-
 @dataclass(eq=False)
 class GaussianModel:
-    """Closed-form model: lossless autoencoder and the optimal ε-predictor for a Gaussian prior (DESIGN §6).
+    """Closed-form model: lossless autoencoder and the optimal ε-predictor for a Gaussian prior (docs/design.md, "Testing without weights").
 
     E = pixel-unshuffle by 4 (3×256×256 → 48×64×64), D = pixel-shuffle, so D(E(x)) = x exactly.
     For data ~ N(mean, std²) per element the optimal noise prediction is
@@ -164,57 +134,23 @@ def _weights_digest(*folders: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def resolve_model_name(name: str) -> tuple[str, str | None, Path | None]:
-    """'ffhq' | 'owner/repo[/subfolder]' | local dir -> (repo_id, subfolder, local_dir)."""
-    if name in KNOWN_MODELS:
-        m = KNOWN_MODELS[name]
-        return m.repo, m.subfolder, None
-    if Path(name).expanduser().is_dir():
-        return "", None, Path(name).expanduser()
-    parts = name.strip("/").split("/")
-    if len(parts) < 2 or name.startswith((".", "/", "~")):
-        raise ModelNotFoundError(
-            f"model {name!r}: not a local directory, a hub id (owner/repo[/subfolder]) or one of {', '.join(KNOWN_MODELS)}"
-        )
-    return "/".join(parts[:2]), "/".join(parts[2:]) or None, None
+def scheduler_for(name: str, folder: Path) -> dict:
+    """The scheduler settings a new anonymization uses with this model.
 
-
-def fetch_model(name: str, *, download: bool = True) -> Path:
-    """The local folder holding the model's unet/, vqvae/, scheduler/ (from the hub cache, downloading if allowed)."""
-    repo, subfolder, local = resolve_model_name(name)
-    if local is not None:
-        return local
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    patterns = [f"{subfolder}/*", f"{subfolder}/**"] if subfolder else None
-    try:
-        root = snapshot_download(repo, allow_patterns=patterns, local_files_only=True)
-    except (LocalEntryNotFoundError, FileNotFoundError, HfHubHTTPError, ValueError, OSError):
-        root = None
-    if root is None and download and not constants.HF_HUB_OFFLINE:
-        try:
-            root = snapshot_download(repo, allow_patterns=patterns)
-        except Exception as e:  # network, auth, missing repo: all end in the same advice
-            log.debug("download of %s failed: %r", repo, e)
-            root = None
-    folder = Path(root) / subfolder if root and subfolder else Path(root) if root else None
-    if folder is None or not (folder / "unet").is_dir():
-        where = constants.HF_HUB_CACHE
-        sub = f" --include '{subfolder}/*'" if subfolder else ""
-        raise ModelNotFoundError(
-            f"model {name!r} ({repo}{'/' + subfolder if subfolder else ''}) is not in the Hugging Face cache ({where}) "
-            f"and could not be downloaded; on a connected machine run `vidanon models pull {name}` "
-            f"(or `huggingface-cli download {repo}{sub}`), or pass a local diffusers folder with --model; "
-            "to try the mechanics offline use --model testing:gaussian"
-        )
-    return folder
+    The paper's FFHQ weights take the CompVis scheduler whatever their hub folder carries: the paper's
+    code loads its scheduler from CompVis/ldm-celebahq-256, not from the ffhq folder. Other models use
+    their folder's scheduler config over the CompVis defaults. (Restoring never asks: it uses the
+    schedule recorded in the manifest.)"""
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    if name == "ffhq" or not sched_file.is_file():
+        return dict(COMPVIS_SCHEDULER)
+    return {**COMPVIS_SCHEDULER, **json.loads(sched_file.read_text())}
 
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.dtype | None = None, download: bool = True,
                compile: bool = False):
     """A hub id (optionally with a subfolder), a local diffusers folder, a known alias, or 'testing:gaussian'."""
-    dev = pick_device(device)
+    dev = torch_device(device)
     if name == "testing:gaussian":
         return GaussianModel(device=dev)
     folder = fetch_model(name, download=download)
@@ -232,8 +168,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.
         vqvae = VQModel.from_pretrained(folder, subfolder="vqvae", local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"model {name!r}: cannot load weights from {folder}: {str(e).splitlines()[0]}") from None
-    sched_file = folder / "scheduler" / "scheduler_config.json"
-    sched = {**COMPVIS_SCHEDULER, **json.loads(sched_file.read_text())} if sched_file.is_file() else dict(COMPVIS_SCHEDULER)
+    sched = scheduler_for(name, folder)
     if sched.get("prediction_type", "epsilon") != "epsilon":
         raise ModelNotFoundError(f"model {name!r}: only ε-prediction models are supported, not {sched['prediction_type']!r}")
     digest = _weights_digest(folder / "unet", folder / "vqvae")

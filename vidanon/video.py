@@ -8,8 +8,8 @@ what a viewer or an investigator relies on:
 - audio, subtitle and data streams: copied packet for packet, never re-encoded;
 - container metadata, the video stream's metadata, colour tags and display matrix (rotation).
 
-Output goes to a hidden temporary file beside the destination and is renamed onto it only
-when close() succeeds, so an interrupted run never leaves a half-written file under the
+Output goes to a hidden temporary file beside the destination (atomic.py) and is renamed onto it
+only when close() succeeds, so an interrupted run never leaves a half-written file under the
 final name. The input is opened read-only and never modified.
 """
 
@@ -27,7 +27,8 @@ import av
 import av.sidedata.sidedata
 import numpy as np
 
-from vidanon.errors import InputError, VidanonError
+from .atomic import commit, temp_beside
+from .errors import InputError, VidanonError
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +170,18 @@ class VideoWriter:
     Default: H.264 (libx264) at `crf` (17 is visually lossless), yuv420p, or yuv444p when
     the width or height is odd (4:2:0 needs even sizes; this keeps the output size equal to
     the input's). `lossless=True`: libx264rgb at qp 0, decoded RGB equals written RGB.
+    `private=True` (restored faces): the file is mode 0600 from its creation, not from its rename.
     """
 
     def __init__(self, src: VideoInfo, dst: str | os.PathLike, *, lossless: bool = False,
-                 crf: int = 17, preset: str = "medium") -> None:
+                 crf: int = 17, preset: str = "medium", private: bool = False) -> None:
         self.src, self.dst = src, Path(dst)
         if self.dst.resolve() == src.path.resolve():
             raise VidanonError(f"{self.dst}: the output would overwrite the input")
-        self._tmp = self.dst.with_name(f".{self.dst.stem}.partial{self.dst.suffix}")
+        try:
+            self._tmp = temp_beside(self.dst, 0o600 if private else None)
+        except OSError as e:
+            raise VidanonError(f"{self.dst}: cannot write this output file ({_reason(e)})") from None
         self._in = self._out = None
         self._frames = self._packets = 0
         self._last_pts: int | None = None
@@ -308,7 +313,7 @@ class VideoWriter:
                                    f"for {self._frames} given")
             self._out.close()
             self._in.close()
-            os.replace(self._tmp, self.dst)
+            commit(self._tmp, self.dst)
             self._done = True
         except BaseException:
             self.abort()

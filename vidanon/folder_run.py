@@ -1,14 +1,16 @@
-"""Directory runs: find the videos, plan their outputs, anonymize them one by one, report.
+"""Folder runs: find the videos, plan their outputs, anonymize them one by one, report.
 
 Usable from Python without the CLI:
 
-    jobs = plan(["footage/"], "anon/")              # what would be done / skipped
+    jobs = plan(["footage/"], "anon/", config)      # what would be done / skipped
     report = run_batch(jobs, master_key, config)    # keeps going past a bad file
     print(report.summary()); report.write("report.json"); sys.exit(report.exit_code)
 
 Resume: an output is complete when the video AND its manifest exist under their final names
-(the pipeline renames the video first and writes the manifest last, both atomically). A rerun
-skips complete outputs and redoes everything else. Before a file is redone its old manifest is
+(anonymize renames the video first and writes the manifest last, both atomically). A rerun
+skips complete outputs made with the same settings and redoes everything else: a complete output
+whose manifest recorded other settings that change the output (config.OUTPUT_SETTINGS: another
+model, steps, encoding, ...) is redone, and the summary says why. Before a file is redone its old manifest is
 moved aside, so a run killed halfway never leaves a new video beside an old manifest that looks
 complete; if the redo fails the old output is put back as it was. Stale hidden temp files of a
 killed run are removed before the file is redone.
@@ -33,10 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .atomic import write_atomic
-from .config import Config
+from .atomic import stale_temps, write_atomic
+from .config import Config, changed_settings
 from .errors import InputError, VidanonError
-from .manifest import manifest_path
+from .manifest import manifest_path, read_header
 from .video import output_suffix
 
 try:
@@ -67,6 +69,7 @@ class FileJob:
     tracks: int = 0
     seconds: float = 0.0
     overwrite: bool = False  # planned to redo a complete output
+    redo: str = ""  # why a complete output is redone (settings changed), for the summary
     seen: tuple | None = field(default=None, repr=False)  # the output as planned (see _stat)
 
     @property
@@ -75,7 +78,7 @@ class FileJob:
 
     def to_dict(self) -> dict:
         return {"input": str(self.input), "output": str(self.output), "manifest": str(self.manifest),
-                "status": self.status, "reason": self.reason, "frames": self.frames, "faces": self.faces,
+                "status": self.status, "reason": self.reason, "redo": self.redo, "frames": self.frames, "faces": self.faces,
                 "tracks": self.tracks, "seconds": round(self.seconds, 3)}
 
 
@@ -83,6 +86,10 @@ def is_complete(output: str | os.PathLike) -> bool:
     """Complete = video and manifest under their final names (the manifest is written last)."""
     output = Path(output)
     return output.is_file() and manifest_path(output).is_file()
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -95,9 +102,9 @@ def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
     """(video, its path relative to outdir) for every input file and every matching file under input folders.
 
     Folders are walked recursively in sorted order; hidden files and folders (names starting with
-    '.', which is also where partial outputs live) are left out, and so is `outdir` when it lies
-    inside an input folder. A file named on the command line is taken whatever its extension.
-    Raises InputError when an input is missing or `outdir` would put outputs beside their inputs.
+    '.', which is also where partial outputs live) are left out. A file named on the command line is
+    taken whatever its extension. Raises InputError when an input is missing, or when `outdir` is or
+    lies inside an input folder (a later run would anonymize the anonymized files) or holds an input.
     """
     patterns = tuple(patterns or DEFAULT_PATTERNS)
     out_root = Path(outdir).resolve()
@@ -117,10 +124,12 @@ def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
             if item.resolve() == out_root:
                 raise InputError(f"{outdir}: the output folder is the input folder {item}; "
                                  "choose another -o so that outputs never sit beside (or over) their inputs")
+            if out_root.is_relative_to(item.resolve()):
+                raise InputError(f"{outdir}: the output folder lies inside the input folder {item}; a later run "
+                                 "would anonymize the anonymized files: choose an -o outside it")
             for folder, subfolders, names in os.walk(item):
-                # Pruning in place keeps os.walk out of hidden folders and of our own output tree.
-                subfolders[:] = sorted(d for d in subfolders
-                                       if not d.startswith(".") and Path(folder, d).resolve() != out_root)
+                # Pruning in place keeps os.walk out of hidden folders.
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
                 for name in sorted(names):
                     path = Path(folder, name)
                     if not name.startswith(".") and _matches(name, patterns) and path.is_file():
@@ -136,9 +145,10 @@ def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
     return found
 
 
-def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *, lossless: bool = False,
+def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, config: Config = Config(), *,
          patterns: Sequence[str] | None = None, overwrite: bool = False) -> list[FileJob]:
-    """The jobs of a run: output paths mirror each input tree under `outdir`; complete outputs are skipped.
+    """The jobs of a run: output paths mirror each input tree under `outdir`; complete outputs made with
+    the same output settings are skipped, those made with others are redone.
 
     Two inputs that would share an output or manifest name (a.mp4 and a.mov both make
     a.vidanon.json) are not guessed apart: the later one fails with a reason.
@@ -149,7 +159,7 @@ def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *, loss
     taken: dict[Path, FileJob] = {}
     jobs = []
     for src, rel in videos:
-        out = outdir / rel.with_suffix(output_suffix(src, lossless))
+        out = outdir / rel.with_suffix(output_suffix(src, config.lossless))
         job = FileJob(src, out, overwrite=overwrite, seen=_stat(out))
         jobs.append(job)
         clash = taken.get(out.resolve()) or taken.get(job.manifest.resolve())
@@ -159,7 +169,11 @@ def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *, loss
             job.status, job.reason = "failed", (f"{src}: its output {out} (or manifest) would also be written for "
                                                 f"{clash.input}; rename one of them or run it on its own")
         elif is_complete(out) and not overwrite:
-            job.status, job.reason = "skipped", "already done (video and manifest exist)"
+            job.redo = _settings_changed(job.manifest, config)
+            if job.redo:
+                job.overwrite, job.reason = True, f"redo: {job.redo}"
+            else:
+                job.status, job.reason = "skipped", "already done (video and manifest exist)"
         elif out.exists() or job.manifest.exists():
             job.reason = "redo: overwrite" if is_complete(out) else "redo: incomplete output of an earlier run"
         taken.setdefault(out.resolve(), job)
@@ -167,10 +181,20 @@ def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *, loss
     return jobs
 
 
+def _settings_changed(manifest: Path, config: Config) -> str:
+    """Why a complete output must be redone for `config` ("" if it need not)."""
+    try:
+        recorded = read_header(manifest).config
+    except InputError:
+        return "its manifest is unreadable"
+    changes = changed_settings(recorded, config)
+    return f"made with other settings ({', '.join(changes)})" if changes else ""
+
+
 def _stat(path: Path) -> tuple | None:
     try:
         st = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
 
@@ -209,12 +233,8 @@ def _set_aside(job: FileJob) -> tuple[Path | None, tuple | None]:
     in before the new manifest is written. It is kept aside, to be put back if the redo fails.
     Returns (the set-aside manifest or None, the old video's identity).
     """
-    folder = job.output.parent
-    if folder.is_dir():
-        # VideoWriter's temp is .<stem>.partial<suffix>; write_manifest's is .<name>.<random>.partial.
-        for stale in [*folder.glob(f".{job.output.stem}.partial*"), *folder.glob(f".{job.manifest.name}.*.partial"),
-                      *folder.glob(f".{job.manifest.name}.old")]:
-            stale.unlink(missing_ok=True)
+    for stale in [*stale_temps(job.output), *stale_temps(job.manifest), job.manifest.with_name(f".{job.manifest.name}.old")]:
+        stale.unlink(missing_ok=True)
     aside = None
     if job.manifest.exists():
         aside = job.manifest.with_name(f".{job.manifest.name}.old")
@@ -284,8 +304,9 @@ class Report:
         """A table, one line per file, then the totals."""
         t = self.totals
         parts = [f"{t[s]} {'to do' if s == 'pending' and self.dry_run else s}" for s in STATUSES if t[s]]
-        total = (f"{len(self.files)} file(s): {', '.join(parts) or 'nothing to do'}; "
-                 f"{t['faces']} faces in {t['tracks']} tracks over {t['frames']} frames; {self.seconds:.1f} s")
+        total = (f"{plural(len(self.files), 'file')}: {', '.join(parts) or 'nothing to do'}; "
+                 f"{plural(t['faces'], 'face')} in {plural(t['tracks'], 'track')} over {plural(t['frames'], 'frame')}; "
+                 f"{self.seconds:.1f} s")
         if not self.files:
             return total
         rows = [("status", "file", "faces", "tracks", "time", "output / reason")]
@@ -293,6 +314,7 @@ class Report:
             ran = j.status == "done"
             if ran or (self.dry_run and j.status == "pending"):
                 note = f"{j.output} ({j.reason})" if j.reason and not ran else str(j.output)
+                note += f" (redone: {j.redo})" if ran and j.redo else ""
             else:
                 note = j.reason
             status = "todo" if self.dry_run and j.status == "pending" else j.status
@@ -359,8 +381,9 @@ def run_batch(
     bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress or not todo, position=0)
     try:
         if todo:  # torch and the models only when there is work: a rerun that skips everything is instant
+            from .anonymize import anonymize_video, detector_for
             from .models import load_model
-            from .pipeline import anonymize_video, check_model, detector_for
+            from .stages import check_model
 
             model = model or load_model(config.model, device=config.device, compile=config.compile)
             check_model(model)  # a model that cannot serve stops the run before any file

@@ -1,0 +1,71 @@
+"""The config layering: defaults < YAML file < flags, typed and checked; which settings change an output."""
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vidanon.config import Config, changed_settings, load_config, restore_config
+from vidanon.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_yaml_documents_every_setting_with_its_default():
+    documented = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    assert documented == Config().to_dict()
+    assert set(documented) == {f.name for f in fields(Config)}
+
+
+def test_config_layering_and_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("steps: 20\ncrf: 23\n")
+    c = load_config(f, crf=18, model=None)
+    assert (c.steps, c.crf, c.model) == (20, 18, "ffhq")
+    f.write_text("stepz: 20\n")
+    with pytest.raises(InputError, match="unknown setting.*stepz"):
+        load_config(f)
+    with pytest.raises(InputError, match="steps must be"):
+        load_config(None, steps=0)
+    with pytest.raises(InputError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps: 4.5\n", "steps must be a whole number, got 4.5"),
+    ("steps: ten\n", "steps must be a whole number, got 'ten'"),
+    ('lossless: "no"\n', "lossless must be true or false, got 'no'"),
+    ("crf: true\n", "crf must be a whole number, got True"),
+    ("threshold: 1.5\n", "threshold must be in"),
+    ("preset: quick\n", "preset must be one of"),
+    ("detector: yolo\n", "detector must be"),
+])
+def test_config_values_are_type_checked_naming_the_file(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError, match=message) as e:
+        load_config(f)
+    assert str(e.value).startswith(str(f))
+    assert load_config(None, threshold=0.3, iou_threshold=1 / 3).threshold == 0.3
+
+
+def test_settings_that_change_the_output_are_compared_with_the_recorded_ones():
+    recorded = Config(model="testing:gaussian", steps=8, lossless=True).to_dict()
+    assert changed_settings(recorded, Config(model="testing:gaussian", steps=8, lossless=True, batch_size=2, device="cpu")) == []
+    assert changed_settings(recorded, Config(steps=8, lossless=True)) == ["model testing:gaussian -> ffhq"]
+    assert changed_settings(recorded, Config(model="testing:gaussian", steps=8)) == ["lossless True -> False"]
+    # 25 vs 25.0 is no change; a setting the recorded run did not know had its default then
+    old = {k: v for k, v in recorded.items() if k != "min_face"} | {"iou_threshold": 0.3}
+    assert changed_settings(old, Config(model="testing:gaussian", steps=8, lossless=True)) == []
+
+
+def test_restore_config_ignores_settings_a_newer_vidanon_added():
+    cfg = restore_config({**Config(steps=7).to_dict(), "device": "cuda:3", "from_the_future": 1}, batch_size=2)
+    assert (cfg.steps, cfg.device, cfg.batch_size) == (7, "auto", 2)
+
+
+def test_device_is_checked_with_the_config():
+    with pytest.raises(InputError, match="device must be auto, cpu, cuda or cuda:N"):
+        Config(device="gpu")
+    assert Config(device="cuda:1").device == "cuda:1"

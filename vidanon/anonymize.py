@@ -1,0 +1,182 @@
+"""Anonymize every face of a video (docs/design.md, "Data flow").
+
+The file is decoded twice at once. Pass 1 detects faces in every frame and tracks them, running
+ahead: the tracker hands a frame on once no later frame can change it (a few dozen frames behind),
+so gaps are filled from both sides and every detection keeps a track. Pass 2 follows behind it
+through the stages of stages.py: crop and mask every face, run the core in batches that gather
+faces across frames and tracks, paste back, encode. The manifest is written last.
+
+`detect_upright` is looked up here at call time, so a benchmark can time detection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import keys, stages
+from .align import crop_face, face_affine, landmarks_in_crop
+from .config import Config
+from .detect import Detections, detect_upright, make_detector
+from .diffusion import make_schedule
+from .errors import InputError, VidanonError
+from .manifest import FaceLog, build_header, manifest_path, seal_mask, write_manifest
+from .masks import FaceParser, face_mask, face_parser, paste_alpha
+from .models import latent_numel, load_model
+from .records import Face
+from .track import Tracker, TrackerConfig
+from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
+
+
+def master_key(key: bytes | str | os.PathLike) -> bytes:
+    """The master key from bytes or from a key file."""
+    if isinstance(key, bytes):
+        if len(key) not in keys.MASTER_SIZES:
+            raise VidanonError("master key must be 16 or 32 bytes")
+        return key
+    return keys.load_master_key(key)
+
+
+def detector_for(cfg: Config):
+    """The face detector the settings ask for (built once per run and shared by its files)."""
+    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+
+
+def parser_for(cfg: Config) -> FaceParser | None:
+    """The face parser for `cfg.mask` (None: landmark masks)."""
+    if cfg.mask == "landmarks":
+        return None
+    parser = face_parser(cfg.parser_weights, cfg.mask == "parser", cfg.device)
+    if cfg.mask == "parser" and parser is None:
+        raise InputError("mask 'parser' asked for but no face-parser weights are available; use --mask landmarks or --parser-weights")
+    return parser
+
+
+def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector, progress: bool = True) -> Iterator[Detections]:
+    """Pass 1: every frame's faces, each with a track id (plus the faces the tracker adds), in frame order,
+    each as soon as it is final: a bounded number of frames behind detection (see track.Tracker)."""
+    tracker = Tracker(TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
+    frames = stages.prefetch(read_frames(path, info), depth=4)
+    with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
+            contextlib.closing(frames):
+        for frame in frames:
+            with stages.CPU_BUSY:
+                dets = detect_upright(detector, frame.rgb, info.rotation)
+            yield from tracker.push(dets)
+            bar.update()
+    yield from tracker.finish()
+
+
+def paired(frames: Iterator[Frame], tracked: Iterator[Detections]) -> Iterator[tuple[Frame, Detections]]:
+    """Pass 2's frames with pass 1's faces. Both passes decode the same file, so they agree on the frame
+    count; if they ever did not, this fails the file rather than pass a frame on without its faces."""
+    with contextlib.closing(frames), contextlib.closing(tracked):
+        for frame, dets in itertools.zip_longest(frames, tracked):
+            if frame is None or dets is None:
+                raise VidanonError("the detection pass and the anonymizing pass decoded different frame counts")
+            yield frame, dets
+
+
+@dataclass(frozen=True)
+class Anonymizing:
+    """What preparing a face needs to know about the run."""
+
+    master: bytes
+    video_id: bytes
+    latent_numel: int
+    parser: FaceParser | None
+    feather: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What anonymizing keeps of a face for the manifest."""
+
+    face: Face
+    mask_method: str
+
+
+def prepare_faces(run: Anonymizing, frame: Frame, dets: Detections) -> list[stages.FaceJob]:
+    """Crop, mask and seal every face of one frame (called for several frames at once, in worker threads).
+    Track keys are derived per face (an HKDF, microseconds): nothing is shared between threads."""
+    jobs = []
+    for i in range(len(dets)):
+        tid = int(dets.track_id[i])
+        tkey = keys.track_key(run.master, run.video_id, tid)
+        affine, lm = face_affine(dets.landmarks[i], dets.xyxy[i])
+        crop = crop_face(frame.rgb, affine)
+        mask, method = face_mask(crop, landmarks_in_crop(lm, affine), run.parser)
+        face = Face(frame=frame.index, pts=frame.pts, affine=tuple(tuple(row) for row in affine.tolist()),
+                    box=tuple(round(float(v), 2) for v in dets.xyxy[i]), score=round(float(dets.score[i]), 4),
+                    interpolated=bool(dets.interpolated[i]), sealed=seal_mask(tkey, run.video_id, tid, frame.index, mask))
+        jobs.append(stages.FaceJob(tid, keys.flip_signs(tkey, run.latent_numel), affine, crop.astype(np.float32), mask,
+                                   paste_alpha(mask, feather=run.feather), Prepared(face, method)))
+    return jobs
+
+
+def anonymize_video(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    key: bytes | str | os.PathLike,
+    config: Config = Config(),
+    *,
+    model=None,
+    detector=None,
+    progress: bool = True,
+) -> stages.Result:
+    """Anonymize every face of `src` into `dst`, with the manifest `<dst stem>.vidanon.json` beside it.
+
+    key: the master key (bytes) or the path of a key file. `model`/`detector` may be passed in to
+    reuse them across files. Everything is checked before anything is written, and nothing is written
+    under `dst` or its manifest's name unless the run completes.
+    """
+    t0 = time.monotonic()
+    src, dst, cfg = Path(src), Path(dst), config
+    master = master_key(key)
+    info = probe(src)
+    if dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: the output would overwrite the input")
+    model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
+    stages.check_model(model)
+    parser = parser_for(cfg)
+    detector = detector or detector_for(cfg)
+    if model.device.type == "cuda" and getattr(detector, "on_gpu", True) is False:
+        stages.warn_once("face detection runs on the CPU while the diffusion core runs on the GPU, and will likely hold "
+                         "it back: install onnxruntime-gpu (pip install 'vidanon[gpu]') for detection on the GPU")
+    schedule = make_schedule(model.scheduler_config, cfg.steps)  # once per run
+    stages.check_output_folder(dst.parent)
+
+    stages.make_output_folder(dst.parent)
+    run = Anonymizing(master, secrets.token_bytes(16), latent_numel(model), parser, cfg.feather)
+    frames = faces = 0
+    mask_methods: set[str] = set()
+    with FaceLog(dst.parent) as log:  # the manifest's faces, on disk until the manifest is written
+        with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer, \
+                tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+            # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
+            tracked = stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
+            work = paired(read_frames(src, info), tracked)
+            batch = stages.batch_size(cfg.batch_size, model)
+            written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer)
+            with contextlib.closing(written):  # however this ends, every stage thread stops
+                for n, jobs in written:
+                    for job in jobs:  # in frame order, so each track's faces are too
+                        log.add(job.track, job.record.face)
+                        mask_methods.add(job.record.mask_method)
+                    frames, faces = frames + n, faces + len(jobs)
+                    bar.update(n)
+            writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
+        header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
+        mpath = manifest_path(dst)
+        write_manifest(mpath, header, log, master)
+        return stages.Result(src, dst, mpath, frames, faces, len(log.track_ids()), time.monotonic() - t0)

@@ -1,0 +1,237 @@
+"""The threaded machinery that anonymizing and restoring share (docs/design.md, "Threads and memory").
+
+A video goes through four stages, each in its own thread, joined by bounded queues:
+
+    decode  ->  prepare faces (crop, mask)  ->  diffusion core  ->  paste back + encode
+
+so the core (the GPU) never waits for the CPU work around it. Frames travel in *windows* of about
+one batch of faces; each queue holds two windows, which bounds memory whatever the video's length.
+CPU work inside a stage (preparing a window's faces, pasting its frames) is spread over a thread
+pool: NumPy and OpenCV release the GIL (pasting measured 1.9× faster on 2 cores).
+
+`run_core` and `CPU_BUSY` are looked up here at call time, so a benchmark or a test can wrap them.
+torch is imported by the core stage when it first runs, so that the checks made before it (a wrong
+key, a missing file) are answered without waiting for torch to load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from .align import CROP_SIZE, paste_face
+from .errors import InputError, VidanonError
+from .video import Frame, VideoWriter
+
+if TYPE_CHECKING:
+    from .diffusion import Schedule
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WINDOW_BYTES = 512 << 20  # frames per window: 20 at 4K, 64 (2 batches' worth) at 1080p
+
+# Native compute that fills every CPU core takes turns: onnxruntime's and torch's thread pools each size
+# themselves to the whole machine, and detection running beside a core on the CPU measured 40 % slower
+# (2 cores) than the two one after the other. A core on the GPU runs beside detection freely.
+CPU_BUSY = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run did; the CLI's report is built from these."""
+
+    input: Path
+    output: Path
+    manifest: Path | None
+    frames: int
+    faces: int
+    tracks: int
+    seconds: float
+
+
+@dataclass
+class FaceJob:
+    """One face of one frame on its way through the core (mutable: each stage fills in its part)."""
+
+    track: int
+    signs: np.ndarray  # (n,) ±1: its track's flip vector (kept per face: ~12k values, cheap next to the crop)
+    affine: np.ndarray  # 2×3 frame -> crop
+    crop: np.ndarray  # (256, 256, 3) float32 in 0..255
+    mask: np.ndarray  # (h, w) bool latent mask
+    alpha: np.ndarray  # (256, 256) float32 paste weights
+    record: object = None  # what the caller keeps of it (anonymize: its manifest face and mask method)
+    slot: int = -1  # index of its frame in the window in flight
+    out: np.ndarray | None = None  # (256, 256, 3) uint8 after the core
+
+
+def batch_size(requested: int, model) -> int:
+    """Faces per core batch: as requested, or 32 on a GPU and 4 on a CPU."""
+    return requested or (32 if model.device.type == "cuda" else 4)
+
+
+def check_model(model) -> None:
+    if tuple(model.image_shape[1:]) != (CROP_SIZE, CROP_SIZE):
+        raise VidanonError(f"model {model.name!r} works on {model.image_shape[1]}x{model.image_shape[2]} images; "
+                           f"vidanon aligns faces to {CROP_SIZE}x{CROP_SIZE} (FFHQ / CelebA-HQ 256 LDMs)")
+
+
+def check_output_folder(folder: Path) -> None:
+    """The folder exists or can be made, and can be written: checked without creating anything."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{folder}: cannot create the output folder ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: the output folder is not writable")
+
+
+def make_output_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot create the output folder ({e.strerror or e})") from None
+
+
+@functools.cache
+def warn_once(message: str) -> None:  # once per process, not once per file of a folder run
+    log.warning(message)
+
+
+def cpu_turn(device):
+    return CPU_BUSY if device.type == "cpu" else contextlib.nullcontext()
+
+
+def run_core(model, jobs: list[FaceJob], schedule: Schedule, batch: int) -> None:
+    """Run the key flip on every job, `batch` faces at a time (faces of any tracks share a batch)."""
+    import torch
+
+    from .diffusion import flip_faces
+
+    for i in range(0, len(jobs), batch):
+        chunk = jobs[i : i + batch]
+        x = torch.from_numpy(np.stack([j.crop for j in chunk])).permute(0, 3, 1, 2) / 127.5 - 1
+        m = torch.from_numpy(np.stack([j.mask for j in chunk]).astype(np.float32))
+        r = torch.from_numpy(np.stack([j.signs for j in chunk]))
+        if model.device.type == "cuda":
+            x, m, r = (t.pin_memory().to(model.device, non_blocking=True) for t in (x, m, r))
+        y = flip_faces(model, x, m, r, schedule)
+        out = ((y.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        for job, face in zip(chunk, out):
+            job.out = face
+
+
+def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """Iterate `items` in a background thread, at most `depth` ahead; its errors are re-raised here.
+
+    When the consumer stops early (an error, Ctrl-C) the thread stops at its next hand-over and
+    closes `items`, which stops the stages upstream of it in turn. The threads are not daemons:
+    the interpreter waits for a stage busy in native code (a core batch) rather than killing it."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="vidanon-stage")
+    thread.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+Prepare = Callable[[Frame, T], list[FaceJob]]
+
+
+def windows(frames: Iterator[tuple[Frame, T]], prepare: Prepare, batch: int, pool: ThreadPoolExecutor
+            ) -> Iterator[tuple[list[Frame], list[FaceJob]]]:
+    """Group frames into windows holding about one batch of faces, bounded to 2·batch frames and to
+    about WINDOW_BYTES of frames (where faces are sparse, a 4K window would otherwise hold 64 frames,
+    1.6 GB). The faces of a few frames at a time are prepared in parallel."""
+    window: list[Frame] = []
+    jobs: list[FaceJob] = []
+    with contextlib.closing(frames):  # stopping here stops the stage feeding us
+        while chunk := list(itertools.islice(frames, 8)):
+            for (frame, _), faces in zip(chunk, pool.map(lambda item: prepare(*item), chunk)):
+                for job in faces:
+                    job.slot = len(window)
+                jobs.extend(faces)
+                window.append(frame)
+                most_frames = max(min(2 * batch, WINDOW_BYTES // frame.rgb.nbytes), 8)
+                if len(jobs) >= batch or len(window) >= most_frames:
+                    yield window, jobs
+                    window, jobs = [], []
+        if window:
+            yield window, jobs
+
+
+def with_core(windows_in: Iterator[tuple[list[Frame], list[FaceJob]]], model, schedule: Schedule, batch: int):
+    with contextlib.closing(windows_in):
+        for window, jobs in windows_in:
+            with cpu_turn(model.device):
+                run_core(model, jobs, schedule, batch)
+            yield window, jobs
+
+
+def _pasted(frame: Frame, faces: list[FaceJob]) -> np.ndarray:
+    rgb = frame.rgb
+    for job in faces:  # one frame's faces in order: they may overlap
+        rgb = paste_face(rgb, job.out, job.affine, job.alpha)
+    return rgb
+
+
+def process(frames: Iterator[tuple[Frame, T]], prepare: Prepare, model, schedule: Schedule, batch: int,
+            writer: VideoWriter) -> Iterator[tuple[int, list[FaceJob]]]:
+    """Run every frame through the four stages and write it; yields (frames, faces) of each window, in
+    frame order, once its frames are written. `frames` pairs each frame with what `prepare` needs to find
+    its faces (detections, manifest entries)."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), "vidanon-work") as pool:
+        decoded = prefetch(frames, depth=8)
+        prepared = prefetch(windows(decoded, prepare, batch, pool), depth=2)
+        flipped = prefetch(with_core(prepared, model, schedule, batch), depth=2)
+        with contextlib.closing(flipped):
+            for window, jobs in flipped:
+                by_slot: dict[int, list[FaceJob]] = {}
+                for job in jobs:
+                    by_slot.setdefault(job.slot, []).append(job)
+                for frame, rgb in zip(window, pool.map(_pasted, window, [by_slot.get(k, []) for k in range(len(window))])):
+                    writer.write(rgb, frame.pts)
+                yield len(window), jobs
