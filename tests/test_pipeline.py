@@ -185,7 +185,7 @@ def face_psnrs(clip, frames_out, face):
 def test_restore_all_tracks_round_trip(large, work):
     """Measured: anonymized faces ≈ 12 dB from the originals; restored ≈ 37–39 dB (lossless, 100 steps)."""
     clip, result = large
-    restored = deanonymize_video(result.output, work / "large.all.mp4", MASTER, progress=False)
+    restored = deanonymize_video(result.output, work / "large.all.mp4", MASTER, progress=False, method="flip")
     assert restored.tracks == result.tracks == 2 and restored.frames == clip.frames
     out = synth.read_frames(restored.output)
     anon = synth.read_frames(result.output)
@@ -212,7 +212,7 @@ def test_restore_one_person_with_exported_track_key(large, work, tmp_path):
     tid = track_of(man, clip, 1)
     key_file = tmp_path / "person.key"
     keys.save_track_key(key_file, keys.TrackKey(man.video_id, tid, keys.track_key(MASTER, man.video_id, tid)))
-    restored = deanonymize_video(result.output, work / "large.one.mp4", key_file, progress=False)
+    restored = deanonymize_video(result.output, work / "large.one.mp4", key_file, progress=False, method="flip")
     out = synth.read_frames(restored.output)
     assert restored.tracks == 1
     assert min(face_psnrs(clip, out, 1)) >= 30  # that person is back
@@ -445,7 +445,7 @@ def test_restoring_uses_the_schedule_the_manifest_recorded(tiny, tmp_path):
 
     model = Recording(scheduler_config={**COMPVIS_SCHEDULER, "timestep_spacing": "trailing"})
     model.seen = set()
-    deanonymize_video(tiny.output, tmp_path / "r.mp4", MASTER, model=model, progress=False)
+    deanonymize_video(tiny.output, tmp_path / "r.mp4", MASTER, model=model, progress=False, method="flip")
     assert model.seen == {0, 250, 500, 750}  # 4 "leading" steps, as recorded
 
 

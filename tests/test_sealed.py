@@ -41,7 +41,7 @@ def test_restore_is_bit_exact_after_pasting_every_face(scene):
     assert (anonymized != frame).any()
     prints = [paste_weights(a, al, frame.shape[:2]) for a, al in faces]
     tks = [keys.track_key(MASTER, VIDEO, t) for t in (1, 2)]
-    blobs = [seal_original(tk, VIDEO, t, 7, o) for tk, t, o in zip(tks, (1, 2), originals(frame, prints))]
+    blobs = [seal_original(tk, VIDEO, t, 7, o) for tk, t, o in zip(tks, (1, 2), originals(frame, prints, [1, 2]))]
     restored = anonymized.copy()
     for tk, t, blob in zip(tks, (1, 2), blobs):
         restore_into(restored, open_original(tk, VIDEO, t, 7, blob))
@@ -51,7 +51,7 @@ def test_restore_is_bit_exact_after_pasting_every_face(scene):
 def test_overlap_pixels_belong_to_one_face_and_one_key_restores_only_its_own(scene):
     frame, faces = scene
     prints = [paste_weights(a, al, frame.shape[:2]) for a, al in faces]
-    first, second = originals(frame, prints)
+    first, second = originals(frame, prints, [1, 2])
     full = np.zeros((2, *frame.shape[:2]), bool)
     for k, o in enumerate((first, second)):
         full[k, o.y0 : o.y0 + o.owned.shape[0], o.x0 : o.x0 + o.owned.shape[1]] = o.owned
@@ -76,7 +76,7 @@ def test_overlap_pixels_belong_to_one_face_and_one_key_restores_only_its_own(sce
 
 def test_a_sealed_original_opens_only_with_its_key_track_frame_and_video(scene):
     frame, faces = scene
-    (o,) = originals(frame, [paste_weights(*faces[0], frame.shape[:2])])
+    (o,) = originals(frame, [paste_weights(*faces[0], frame.shape[:2])], [1])
     tk = keys.track_key(MASTER, VIDEO, 1)
     blob = seal_original(tk, VIDEO, 1, 3, o)
     assert MASTER not in blob and tk not in blob and frame[o.y0 : o.y0 + 4, o.x0 : o.x0 + 4].tobytes() not in blob

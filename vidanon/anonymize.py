@@ -17,7 +17,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import keys, stages
-from .align import crop_face, face_affine, landmarks_in_crop
+from .align import crop_face, face_affine, landmarks_in_crop, paste_weights
 from .config import Config
 from .detect import Detections, detect_upright, make_detector
 from .diffusion import make_schedule
@@ -33,7 +33,8 @@ from .errors import InputError, VidanonError
 from .manifest import FaceLog, build_header, manifest_path, seal_mask, write_manifest
 from .masks import FaceParser, face_mask, face_parser, paste_alpha
 from .models import latent_numel, load_model
-from .records import Face
+from .records import Face, SealedFile, SealedRef
+from .sealed import ENCODING, SidecarWriter, originals, seal_original, sidecar_path
 from .track import Tracker, TrackerConfig
 from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
 
@@ -96,14 +97,16 @@ class Anonymizing:
     latent_numel: int
     parser: FaceParser | None
     feather: int
+    seal: bool  # seal each face's original pixels (sealed.py)
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """What anonymizing keeps of a face for the manifest."""
+    """What anonymizing keeps of a face for the manifest (and, sealing, for the sidecar)."""
 
     face: Face
     mask_method: str
+    original: bytes | None = None  # the face's original pixels, sealed under its track key
 
 
 def prepare_faces(run: Anonymizing, frame: Frame, dets: Detections) -> list[stages.FaceJob]:
@@ -121,6 +124,16 @@ def prepare_faces(run: Anonymizing, frame: Frame, dets: Detections) -> list[stag
                     interpolated=bool(dets.interpolated[i]), sealed=seal_mask(tkey, run.video_id, tid, frame.index, mask))
         jobs.append(stages.FaceJob(tid, keys.flip_signs(tkey, run.latent_numel), affine, crop.astype(np.float32), mask,
                                    paste_alpha(mask, feather=run.feather), Prepared(face, method)))
+    return seal_originals(run, frame, jobs) if run.seal else jobs
+
+
+def seal_originals(run: Anonymizing, frame: Frame, jobs: list[stages.FaceJob]) -> list[stages.FaceJob]:
+    """Seal each face's own original pixels: those its paste will change, less those another face of this
+    frame weighs more (sealed.originals), so a track key never opens another person's pixels."""
+    prints = [paste_weights(job.affine, job.alpha, frame.rgb.shape[:2]) for job in jobs]
+    for job, original in zip(jobs, originals(frame.rgb, prints, [job.track for job in jobs])):
+        tkey = keys.track_key(run.master, run.video_id, job.track)
+        job.record = replace(job.record, original=seal_original(tkey, run.video_id, job.track, frame.index, original))
     return jobs
 
 
@@ -157,10 +170,11 @@ def anonymize_video(
     stages.check_output_folder(dst.parent)
 
     stages.make_output_folder(dst.parent)
-    run = Anonymizing(master, secrets.token_bytes(16), latent_numel(model), parser, cfg.feather)
+    run = Anonymizing(master, secrets.token_bytes(16), latent_numel(model), parser, cfg.feather, cfg.seal)
     frames = faces = 0
     mask_methods: set[str] = set()
-    with FaceLog(dst.parent) as log:  # the manifest's faces, on disk until the manifest is written
+    with FaceLog(dst.parent) as log, contextlib.ExitStack() as sealing:  # faces on disk until the manifest is written
+        sidecar = sealing.enter_context(SidecarWriter(sidecar_path(dst))) if cfg.seal else None
         with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer, \
                 tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
@@ -171,12 +185,20 @@ def anonymize_video(
             with contextlib.closing(written):  # however this ends, every stage thread stops
                 for n, jobs in written:
                     for job in jobs:  # in frame order, so each track's faces are too
-                        log.add(job.track, job.record.face)
+                        face = job.record.face
+                        if sidecar is not None:
+                            face = replace(face, original=SealedRef(*sidecar.add(job.record.original)))
+                        log.add(job.track, face)
                         mask_methods.add(job.record.mask_method)
                     frames, faces = frames + n, faces + len(jobs)
                     bar.update(n)
             writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
         header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
+        if sidecar is not None:  # then the sidecar; the manifest commits to its size and digest
+            index = sidecar.close()
+            header = replace(header, originals=SealedFile(sidecar.path.name, index.size, index.sha256, ENCODING))
         mpath = manifest_path(dst)
         write_manifest(mpath, header, log, master)
+        if sidecar is None:  # a redo without sealing: an older run's sidecar no longer belongs to this output
+            sidecar_path(dst).unlink(missing_ok=True)
         return stages.Result(src, dst, mpath, frames, faces, len(log.track_ids()), time.monotonic() - t0)

@@ -218,8 +218,10 @@ def cmd_deanonymize(args) -> int:
     # The machine restoring may not be the one that anonymized: model, device and batch size may be given.
     result = deanonymize_video(src, dst, key, args.track or None, model_name=args.model, device=args.device,
                                batch_size=args.batch_size, compile=args.compile, progress=_progress(args),
-                               overwrite=args.overwrite)
-    _result(args, f"restored {plural(result.faces, 'face')} of {plural(result.tracks, 'track')} into {dst} ({result.seconds:.1f} s)")
+                               overwrite=args.overwrite, method=args.method)
+    how = "from their sealed originals (exact)" if result.method == "sealed" else "by the key flip (approximate)"
+    _result(args, f"restored {plural(result.faces, 'face')} of {plural(result.tracks, 'track')} {how} into {dst} "
+                  f"({result.seconds:.1f} s)")
     log.warning("The output shows real faces: handle it as personal data.")
     return 0
 
@@ -339,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "files are about 10x larger and use H.264's High 4:4:4 Predictive profile, which many "
                         f"players and browsers cannot play (default: {'yes' if D.lossless else 'no, H.264 at --crf'})")
     p.add_argument("--crf", type=int, metavar="N", help=f"H.264 quality when not lossless, 0-51 (default: {D.crf})")
+    p.add_argument("--seal", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep each face's original pixels, encrypted under that person's own track key, in "
+                        "<stem>.vidanon.sealed beside the manifest, so a key holder restores the face exactly as "
+                        "recorded; the release then carries the real faces, encrypted per person (adds about 20-30 %% "
+                        "of a lossless video's size, docs/benchmarks.md); --no-seal: no sidecar, restoration by the "
+                        f"key flip only, approximate (default: {'seal' if D.seal else 'no sidecar'})")
     p.add_argument("--preset", metavar="NAME", help=f"x264 preset (default: {D.preset})")
     p.add_argument("--config", metavar="FILE", help="YAML settings file (default: none; built-in defaults)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete (default: skip them)")
@@ -382,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--track-key", metavar="FILE", help="single-track key file (from `vidanon export-key`)")
     p.add_argument("--track", type=_track_id, action="append", metavar="ID",
                    help="track to restore, repeatable (default: all tracks the key opens)")
+    p.add_argument("--method", choices=("auto", "sealed", "flip"), default="auto",
+                   help="sealed: put back the original pixels sealed beside the manifest (exact; needs the "
+                        ".vidanon.sealed file); flip: the paper's key flip (approximate; needs only the video, "
+                        "manifest and key); auto: sealed when the sidecar is there (default: auto)")
     _model_options(p, restore=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
     _common(p)

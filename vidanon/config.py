@@ -42,6 +42,7 @@ class Config:
     lossless: bool = False  # lossless RGB H.264 (libx264rgb qp 0) for evidential archives
     crf: int = 17  # H.264 quality when not lossless (17 ≈ visually lossless)
     preset: str = "medium"  # x264 preset
+    seal: bool = True  # seal each face's original pixels under its track key (<stem>.vidanon.sealed): exact restoration
 
     def __post_init__(self):
         for f in fields(self):  # YAML gives strings, floats and bools where ints are meant: say so early
@@ -76,7 +77,7 @@ FIELDS = {f.name for f in fields(Config)}
 # The settings that change what an output looks like (not batch_size, device, compile: those change only
 # how fast it is made). A rerun redoes a file whose manifest recorded other values.
 OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "min_face", "mask", "feather", "max_gap", "extend",
-                   "iou_threshold", "lossless", "crf", "preset")
+                   "iou_threshold", "lossless", "crf", "preset", "seal")
 
 
 def changed_settings(recorded: dict, cfg: Config) -> list[str]:

@@ -39,6 +39,7 @@ from .atomic import stale_temps, write_atomic
 from .config import Config, changed_settings
 from .errors import InputError, VidanonError
 from .manifest import manifest_path, read_header
+from .sealed import sidecar_path
 from .video import output_suffix
 
 try:
@@ -233,7 +234,8 @@ def _set_aside(job: FileJob) -> tuple[Path | None, tuple | None]:
     in before the new manifest is written. It is kept aside, to be put back if the redo fails.
     Returns (the set-aside manifest or None, the old video's identity).
     """
-    for stale in [*stale_temps(job.output), *stale_temps(job.manifest), job.manifest.with_name(f".{job.manifest.name}.old")]:
+    for stale in [*stale_temps(job.output), *stale_temps(job.manifest), *stale_temps(sidecar_path(job.output)),
+                  job.manifest.with_name(f".{job.manifest.name}.old")]:
         stale.unlink(missing_ok=True)
     aside = None
     if job.manifest.exists():
@@ -249,8 +251,10 @@ def _settle(job: FileJob, aside: Path | None, video_before: tuple | None) -> Non
         return
     if aside is not None:
         aside.unlink(missing_ok=True)
-    if job.status != "done" and job.output.exists() and not job.manifest.exists():
-        job.output.unlink()  # a video alone is not an output (e.g. stopped between the two renames)
+    if job.status != "done" and not job.manifest.exists():
+        # a video or a sidecar alone is not an output (e.g. stopped between the renames)
+        job.output.unlink(missing_ok=True)
+        sidecar_path(job.output).unlink(missing_ok=True)
 
 
 @dataclass

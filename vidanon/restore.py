@@ -27,9 +27,12 @@ from .errors import InputError
 from .manifest import Manifest, manifest_path, open_tracks, read_manifest, unseal_mask
 from .masks import paste_alpha
 from .records import Face
+from .sealed import SidecarIndex, SidecarReader, open_original, restore_into
 from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
 
 log = logging.getLogger(__name__)
+
+METHODS = ("auto", "sealed", "flip")
 
 
 def check_output(src: Path, dst: Path, overwrite: bool) -> None:
@@ -61,6 +64,45 @@ class Restoring:
     feather: int
 
 
+def restore_method(method: str, man: Manifest, manifest: Path) -> SidecarReader | None:
+    """The sealed originals to restore from (checked whole against the manifest), or None for the key flip.
+
+    auto: sealed originals where the video has them and its sidecar is at hand, else the key flip (the
+    only method when a recipient has the video and manifest alone)."""
+    if method not in METHODS:
+        raise InputError(f"restore method must be one of {', '.join(METHODS)}, not {method!r}")
+    sealed = man.header.originals
+    if method == "flip":
+        return None
+    if sealed is None:
+        if method == "sealed":
+            raise InputError(f"{manifest}: this video was anonymized without sealed originals (--no-seal or an older "
+                             "vidanon): restore with --method flip")
+        return None
+    path = manifest.parent / sealed.file
+    if method == "auto" and not path.exists():
+        log.warning("%s: not found; restoring by the key flip, which is approximate", path)
+        return None
+    return SidecarReader(path, SidecarIndex(sealed.size, sealed.sha256))
+
+
+def restore_sealed(reader: SidecarReader, video_id: bytes, tkeys: dict[int, bytes], src: Path, info: VideoInfo,
+                   by_frame: dict[int, list[tuple[int, Face]]], writer: VideoWriter, bar) -> tuple[int, int]:
+    """Replace every pixel of the chosen faces that anonymizing changed by the original: no model, no loss."""
+    frames = faces = 0
+    for frame in read_frames(src, info):
+        for tid, face in by_frame.pop(frame.index, []):
+            if face.original is None:
+                raise InputError(f"{reader.path}: track {tid}, frame {face.frame} has no sealed original in the manifest")
+            blob = reader.read(face.original.offset, face.original.length)
+            restore_into(frame.rgb, open_original(tkeys[tid], video_id, tid, face.frame, blob))
+            faces += 1
+        writer.write(frame.rgb, frame.pts)
+        frames += 1
+        bar.update()
+    return frames, faces
+
+
 def prepare_faces(run: Restoring, frame: Frame, faces: list[tuple[int, Face]]) -> list[stages.FaceJob]:
     """Unseal the mask and re-crop every chosen face of one frame (in worker threads; nothing shared is changed)."""
     jobs = []
@@ -87,8 +129,13 @@ def deanonymize_video(
     compile: bool | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    method: str = "auto",
 ):
     """Restore the chosen tracks (all, with a master key) of an anonymized video into `dst`.
+
+    method: "sealed" puts back the original pixels sealed beside the manifest (exact: bit for bit where the
+    output is lossless); "flip" runs the paper's key flip (approximate; needs only the video, manifest and
+    key); "auto" (default) uses the sealed originals when the video has them. Result.method says which ran.
 
     Settings: those the manifest recorded, with this machine's `model_name`, `device`, `batch_size`, `compile`
     where given (or a whole `config`); the steps, schedule and encoding are always the manifest's.
@@ -102,12 +149,36 @@ def deanonymize_video(
     if isinstance(key, (str, os.PathLike)):
         key = keys.load_key(key)
     info = probe(src)
-    man = read_manifest(manifest or manifest_path(src))
+    mpath = Path(manifest or manifest_path(src))
+    man = read_manifest(mpath)
     check_output(src, dst, overwrite)
     tkeys = open_tracks(man, key, tracks)
     check_video(src, info, man)
-    cfg = config or restore_config(man.header.config, model=model_name, device=device, batch_size=batch_size,
-                                   compile=compile)
+    reader = restore_method(method, man, mpath)  # a damaged or foreign sidecar is refused before any writing
+    with reader or contextlib.nullcontext():
+        if reader is not None:
+            restore = partial(restore_sealed, reader, man.video_id, tkeys)
+        else:
+            restore = flip_restorer(src, man, tkeys, config or restore_config(
+                man.header.config, model=model_name, device=device, batch_size=batch_size, compile=compile), model)
+        by_frame = man.faces_by_frame(tkeys)
+        stages.check_output_folder(dst.parent)
+        stages.make_output_folder(dst.parent)
+        h = man.header
+        enc = h.encoder  # encoded as the anonymized video was (lossless stays lossless)
+        crf = Config().crf if enc.crf is None else enc.crf
+        with VideoWriter(info, dst, lossless=enc.lossless, crf=crf, preset=enc.preset, private=True) as writer, \
+                tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+            frames, faces = restore(src, info, by_frame, writer, bar)
+            if frames != h.video.frames:  # containers that store no frame count are checked here, before the rename
+                raise InputError(f"{src}: has {frames} frames but its manifest describes {h.video.frames}: "
+                                 "the video was cut or re-encoded after anonymization")
+    return stages.Result(src, dst, None, frames, faces, len(tkeys), time.monotonic() - t0,
+                         method="flip" if reader is None else "sealed")
+
+
+def flip_restorer(src: Path, man: Manifest, tkeys: dict[int, bytes], cfg: Config, model=None):
+    """The paper's key flip (eqs. 6-7) as a restore function: loads the model and rebuilds the recorded schedule."""
     # torch only once the checks above have passed: a wrong key or a wrong file is answered at once.
     from .diffusion import make_schedule
     from .models import latent_numel, load_model
@@ -121,22 +192,16 @@ def deanonymize_video(
     schedule = make_schedule(h.scheduler, h.steps)  # the recorded schedule, never the model folder's
     n = latent_numel(model)
     run = Restoring(man.video_id, tkeys, {t: keys.flip_signs(tk, n) for t, tk in tkeys.items()}, h.latent_hw, h.feather)
-    by_frame = man.faces_by_frame(tkeys)
-    stages.check_output_folder(dst.parent)
-    stages.make_output_folder(dst.parent)
-    frames = faces = 0
-    enc = h.encoder  # encoded as the anonymized video was (lossless stays lossless)
-    crf = cfg.crf if enc.crf is None else enc.crf
-    with VideoWriter(info, dst, lossless=enc.lossless, crf=crf, preset=enc.preset, private=True) as writer, \
-            tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+    batch = stages.batch_size(cfg.batch_size, model)
+
+    def restore(src: Path, info: VideoInfo, by_frame, writer: VideoWriter, bar) -> tuple[int, int]:
+        frames = faces = 0
         work = ((f, by_frame.pop(f.index, [])) for f in read_frames(src, info))
-        batch = stages.batch_size(cfg.batch_size, model)
         written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer)
         with contextlib.closing(written):  # however this ends, every stage thread stops
             for count, jobs in written:
                 frames, faces = frames + count, faces + len(jobs)
                 bar.update(count)
-        if frames != h.video.frames:  # containers that store no frame count are checked here, before the rename
-            raise InputError(f"{src}: has {frames} frames but its manifest describes {h.video.frames}: "
-                             "the video was cut or re-encoded after anonymization")
-    return stages.Result(src, dst, None, frames, faces, len(tkeys), time.monotonic() - t0)
+        return frames, faces
+
+    return restore

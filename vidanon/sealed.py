@@ -6,7 +6,7 @@ under a key derived from the track key (HKDF label `vidanon/original/v1`), lets 
 exactly what was recorded — no diffusion, no loss — where the paper's key flip only comes close.
 
 Where two faces' footprints overlap, a pixel belongs to one face only: the one whose paste weight there
-is largest (ties: the face listed first for that frame). A face's sealed data holds only its own pixels
+is largest (ties: the lower track id). A face's sealed data holds only its own pixels
 (the others are zero), so one person's key never reveals another person's face, and restoring one person
 leaves the other's pixels as they are in the anonymized video.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,10 +33,12 @@ import cv2
 import numpy as np
 
 from . import keys
+from .atomic import commit, temp_beside
 from .errors import InputError, WrongKeyError
 
 MAGIC = b"vidanon-sealed-v1\n"
 SUFFIX = ".vidanon.sealed"
+ENCODING = "webp-lossless-rgba/v1"  # the manifest's name for: each piece = u32 y0, u32 x0, lossless WebP (alpha = owned)
 
 
 class SealedDataError(InputError):
@@ -63,11 +64,12 @@ def sidecar_path(video: str | os.PathLike) -> Path:
     return video.with_name(video.stem + SUFFIX)
 
 
-def originals(frame: np.ndarray, footprints: Sequence[tuple[int, int, np.ndarray]]) -> list[Original]:
-    """Each face's own original pixels of `frame`, given every face's footprint (y0, x0, weights) on it.
-
-    A face owns the pixels of its footprint (weight > 0) where no other face weighs more; on equal weights
-    the face listed first owns the pixel. Owned sets are disjoint and together cover every footprint."""
+def originals(frame: np.ndarray, footprints: Sequence[tuple[int, int, np.ndarray]],
+              tracks: Sequence[int]) -> list[Original]:
+    """Each face's own original pixels of `frame`, given every face's footprint (y0, x0, weights) on it
+    and its track id. A face owns the pixels of its footprint (weight > 0) where no other face weighs
+    more; on equal weights the lower track id owns the pixel. Owned sets are disjoint and together
+    cover every footprint."""
     out = []
     for k, (y0, x0, w) in enumerate(footprints):
         owned = w > 0
@@ -81,7 +83,7 @@ def originals(frame: np.ndarray, footprints: Sequence[tuple[int, int, np.ndarray
                 continue
             mine = w[top - y0 : bottom - y0, left - x0 : right - x0]
             theirs = wj[top - yj : bottom - yj, left - xj : right - xj]
-            loses = (theirs > mine) | ((theirs == mine) & (j < k))
+            loses = (theirs > mine) | ((theirs == mine) & (tracks[j] < tracks[k]))
             owned[top - y0 : bottom - y0, left - x0 : right - x0] &= ~loses
         region = frame[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]]
         out.append(Original(y0, x0, np.where(owned[..., None], region, 0).astype(np.uint8), owned))
@@ -136,9 +138,8 @@ class SidecarWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        self._tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb")
+        self._tmp = temp_beside(self.path, mode=0o600)  # encrypted, but nobody else's business either
+        self._file = open(self._tmp, "wb")
         self._hash = hashlib.sha256()
         self._size = 0
         self._write(MAGIC)
@@ -158,7 +159,7 @@ class SidecarWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self._tmp, self.path)
+        commit(self._tmp, self.path)
         return SidecarIndex(self._size, self._hash.hexdigest())
 
     def abort(self) -> None:

@@ -60,6 +60,7 @@ class Result:
     faces: int
     tracks: int
     seconds: float
+    method: str | None = None  # how faces were restored: "sealed" (original pixels) or "flip" (key flip)
 
 
 @dataclass
