@@ -95,8 +95,9 @@ GOOD = ("cam1/day1/a.mp4", "cam1/b.mov", "cam2/c.mkv")
 def test_folder_run_keeps_going_past_bad_files(root, tree):
     src, out, p = tree
     assert p.returncode == 1, p.stderr
-    # Mirrored tree, each video with its manifest, and nothing else (no temp, nothing for the bad files).
-    expected = {*GOOD, *(str(Path(g).with_suffix(".vidanon.json")) for g in GOOD)}
+    # Mirrored tree, each video with its manifest and sealed originals, and nothing else (no temp, nothing for
+    # the bad files).
+    expected = {*GOOD, *(str(Path(g).with_suffix(s)) for g in GOOD for s in (".vidanon.json", ".vidanon.sealed"))}
     assert set(tree_state(out)) == expected
     for g in GOOD:
         header = json.loads((out / g).with_suffix(".vidanon.json").read_text())
@@ -223,7 +224,7 @@ def test_sigint_leaves_nothing_partial_and_rerun_completes(flow):
 
     r = flow["rerun"]
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(os.listdir(flow["dir"] / "anon")) == ["cam.mp4", "cam.vidanon.json"]
+    assert sorted(os.listdir(flow["dir"] / "anon")) == ["cam.mp4", "cam.vidanon.json", "cam.vidanon.sealed"]
     assert len(synth.read_frames(flow["dir"] / "anon/cam.mp4")) == 2
 
 
@@ -284,7 +285,7 @@ def test_export_key_restores_only_that_person(root, flow):
 
     p = vidanon(root, "deanonymize", "anon/cam.mp4", "--track-key", "person.key", "-o", "restored", cwd=d)
     assert p.returncode == 0, p.stderr
-    assert " of 1 track into " in p.stdout  # not "1 tracks"
+    assert " of 1 track from their sealed originals (exact) into " in p.stdout  # not "1 tracks"
     assert (d / "restored" / "cam.mp4").stat().st_mode & 0o077 == 0
     again = vidanon(root, "deanonymize", "anon/cam.mp4", "--track-key", "person.key", "-o", "restored", cwd=d)
     assert again.returncode == 2 and "already exists (use --overwrite" in one_line_error(again)
@@ -436,7 +437,8 @@ def test_parallel_runs_share_the_files_out(tmp_path):
         ("b.mp4", "skipped", "done meanwhile by another vidanon run"),
         ("c.mp4", "done", "")]
     assert report.exit_code == 0 and (out / "b.mp4").read_bytes() == b"theirs"
-    assert sorted(p.name for p in out.iterdir()) == [".a.mp4.lock", "b.mp4", "b.vidanon.json", "c.mp4", "c.vidanon.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".a.mp4.lock", "b.mp4", "b.vidanon.json", "c.mp4", "c.vidanon.json",
+                                                     "c.vidanon.sealed"]
 
 
 # --- help, doctor, models -----------------------------------------------------------------------

@@ -59,7 +59,7 @@ def _drop_none(d: dict) -> dict:
 
 @dataclass(frozen=True)
 class SealedRef:
-    """Where a face's sealed original pixels lie in the sidecar (sealed originals; not written yet)."""
+    """Where a face's sealed original pixels lie in the sidecar (sealed.py)."""
 
     offset: int
     length: int
@@ -215,7 +215,7 @@ class Binding:
 
 @dataclass(frozen=True)
 class SealedFile:
-    """v2, sealed originals (not written yet): the sidecar beside the manifest, and how to check it."""
+    """v2, sealed originals: the sidecar beside the manifest (sealed.py), and how to check it."""
 
     file: str
     size: int

@@ -98,7 +98,7 @@ def restore_into(frame: np.ndarray, original: Original) -> None:
 
 
 def _aad(video_id: bytes, track_id: int, frame: int) -> bytes:
-    return keys.ORIGINAL_INFO + video_id + struct.pack("<IQ", track_id, frame)
+    return keys.ORIGINAL_INFO + b"|" + video_id + f"|{track_id}|{frame}".encode()
 
 
 def seal_original(tkey: bytes, video_id: bytes, track_id: int, frame: int, original: Original) -> bytes:
