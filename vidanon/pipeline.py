@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import __version__, keys
 from .align import CROP_SIZE, crop_face, face_affine, landmarks_in_crop, paste_face, restore_crop
 from .config import Config, restore_config
-from .detect import Detections, detect_upright, make_detector, onnx_providers
+from .detect import Detections, detect_upright, make_detector, onnx_providers, split_weak
 from .diffusion import flip_faces
 from .errors import InputError, VidanonError
 from .manifest import FORMAT, VERSION, FaceLog, Manifest, manifest_for, manifest_path, read_manifest, seal_mask, unseal_mask, write_manifest
@@ -263,20 +263,22 @@ def _face_parser(weights: str | None, download: bool, device: str) -> FaceParser
 
 def detector_for(cfg: Config):
     """The face detector the settings ask for (built once per run and shared by its files)."""
-    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face, floor=cfg.floor)
 
 
 def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector, progress: bool = True) -> Iterator[Detections]:
     """Pass 1: every frame's faces, each with a track id (plus the faces the tracker adds), in frame order,
     each as soon as it is final: a bounded number of frames behind detection (see track.Tracker)."""
-    tracker = Tracker(TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
+    tracker = Tracker(TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend,
+                                    bridge=cfg.bridge), frame_size=(info.width, info.height))
+    threshold = getattr(detector, "threshold", 0.0)  # below it: weak candidates (a detector built with a floor)
     frames = _prefetch(read_frames(path, info), depth=4)
     with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
             contextlib.closing(frames):
         for frame in frames:
             with _CPU_BUSY:
                 dets = detect_upright(detector, frame.rgb, info.rotation)
-            yield from tracker.push(dets)
+            yield from tracker.push(*split_weak(dets, threshold))
             bar.update()
     yield from tracker.finish()
 
