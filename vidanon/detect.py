@@ -47,7 +47,6 @@ __all__ = [
     "detect_upright",
     "make_detector",
     "split_weak",
-    "denoise_for_detection",
 ]
 
 SCRFD_LICENCE_NOTE = (
