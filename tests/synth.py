@@ -423,25 +423,28 @@ def night_clip(
 ) -> Clip:
     """CCTV at night: faces (30-40 px high by default) walking across a dark, noisy scene, H.264 at 75 kbit/s.
 
-    Each face walks its own straight line at 1-3 px/frame (one diagonal, one stopping half way), all inside the
-    picture; t1's faces and the astronaut, so several identities, skin tones and poses.
+    Each face walks its own straight line at 1-3 px/frame (one diagonal, one standing for the first half), all
+    inside the picture; t1's faces and the astronaut, so several identities, skin tones and poses. The pace is
+    that of the 100-frame clip whatever `frames` is (a shorter clip walks part of each route).
     """
     end = frames - 1
+    walked = min(1.0, frames / 100)
     w, h = width, height
     routes = [  # (start x, start y, end x, end y) as fractions of the frame
         (0.08, 0.30, 0.55, 0.34),
         (0.90, 0.62, 0.40, 0.58),
         (0.25, 0.75, 0.45, 0.30),
-        (0.70, 0.20, 0.70, 0.20),  # stands, then walks (second key below)
+        (0.70, 0.20, 0.92, 0.35),  # stands for the first half, then walks
         (0.50, 0.50, 0.15, 0.55),
     ]
     movers = []
     for k, fh in enumerate(face_heights):
         sprite = astronaut_sprite(fh) if k % 6 == 5 else t1_sprite([1, 2, 4, 5, 3][k % 5], fh)
         x0, y0, x1, y1 = routes[k % len(routes)]
+        x1, y1 = x0 + (x1 - x0) * walked, y0 + (y1 - y0) * walked
         keys = [(0, x0 * w, y0 * h), (end, x1 * w, y1 * h)]
         if k % len(routes) == 3:
-            keys = [(0, x0 * w, y0 * h), (end // 2, x0 * w, y0 * h), (end, 0.92 * w, 0.35 * h)]
+            keys = [(0, x0 * w, y0 * h), (end // 2, x0 * w, y0 * h), (end, x1 * w, y1 * h)]
         movers.append(Mover(sprite, keys))
     return make_clip(path, width=width, height=height, frames=frames, sprites=movers, night=night,
                      bitrate=bitrate, **kw)

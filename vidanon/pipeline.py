@@ -263,7 +263,8 @@ def _face_parser(weights: str | None, download: bool, device: str) -> FaceParser
 
 def detector_for(cfg: Config):
     """The face detector the settings ask for (built once per run and shared by its files)."""
-    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face, floor=cfg.floor)
+    floor = cfg.floor if cfg.threshold is None else min(cfg.floor, cfg.threshold)  # a threshold below it: no weak ones
+    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face, floor=floor)
 
 
 def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector, progress: bool = True) -> Iterator[Detections]:

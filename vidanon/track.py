@@ -3,7 +3,8 @@
 `Tracker` takes one frame's detections at a time and hands back each frame once
 nothing later can change it: a bounded number of frames behind (at most
 extend + 4·(max_gap + 1), 56 with the defaults: a young track's backward
-extension waits for its first five detections, which give its start velocity).
+extension waits for its first five detections, which give its start velocity;
+with weak candidates at most the larger of that and bridge + extend, 79).
 So the pipeline can detect ahead in one thread while it anonymizes behind in
 another, and the result is the same as tracking the whole video at once
 (`track_faces`).
@@ -51,7 +52,7 @@ The same holds backwards in time: a new track (always started by a detection)
 reaches back through the weak candidates of the frames before it, up to
 `bridge` frames, so a face that scored weakly before its first detection (the
 usual case for a small face entering a dark scene) is covered from its first
-weak sighting. Once weak candidates are pushed, frames are therefore handed out
+weak sighting. While unused weak candidates are pending, frames are therefore handed out
 up to bridge + extend frames behind (75 + 4 with the defaults) instead of 56.
 
 Association is frame to frame: each live track predicts its box with a
@@ -223,11 +224,12 @@ class Tracker:
                     self._sighting(tid, earlier)
                     self._add(tid, earlier)
             self._sighting(tid, face)
-        if weak is not None:
+        if weak is not None and len(weak):
             unused = np.ones(len(weak), bool)
-            if len(weak) and (~matched).any():
+            if (~matched).any():
                 unused = self._continue_weakly(f, weak, np.flatnonzero(~matched))
-            self._weak[f] = (weak, unused)
+            if unused.any():  # kept for a new track to reach back to
+                self._weak[f] = (weak, unused)
         # Tracks that cannot be matched at the next frame have ended.
         keep = f - self._last <= self.config.max_gap
         for tid in self._ids[~keep].tolist():
@@ -385,8 +387,8 @@ class Tracker:
     def _final_before(self) -> int:
         """Frames before this one can no longer change: no live track can add a face to them."""
         bound = self._next - self.config.extend  # a track starting at the next frame extends back to here
-        if self._weak:  # ... or reaches back through weak candidates, then extends
-            bound = self._next - self.config.bridge - self.config.extend
+        if self._weak:  # ... or reaches back through the weak candidates still unused, then extends
+            bound = min(bound, max(self._next - self.config.bridge, next(iter(self._weak))) - self.config.extend)
         if len(self._last):
             bound = min(bound, int(self._last.min()) + 1)  # a live track may fill a gap or extend after its last face
         for track in self._tracks.values():
