@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import cv2
@@ -71,6 +71,7 @@ class Mover:
 
     sprite: Sprite
     path: Sequence[tuple[int, float, float]]
+    face: bool = True  # False: an object or a person seen from behind, with no ground truth face
 
     def offset(self, frame: int) -> tuple[int, int]:
         """Top-left of the sprite in the frame; integer so that no resampling blurs it."""
@@ -79,6 +80,46 @@ class Mover:
         x = np.interp(frame, f, cx) - (x0 + x1) / 2
         y = np.interp(frame, f, cy) - (y0 + y1) / 2
         return int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
+
+
+@dataclass(frozen=True)
+class Night:
+    """A CCTV camera at night: a dark, nearly grey scene (`scene`) under sensor noise (`sensor`).
+
+    Sensor noise, as small cheap sensors show it at high gain: Gaussian luma noise (sigma `noise` levels),
+    blotchy chroma noise (independent per channel, at half resolution, sigma `chroma`), a fixed column
+    pattern (one offset per column, sigma `column`) and fixed hot pixels (fraction `hot`, near white).
+    The pattern and the hot pixels are the same in every frame, the rest is new each frame.
+    """
+
+    gain: float = 0.25  # scene brightness: a face of level 150 in daylight is ~47 at night
+    black: float = 10.0  # the sensor's black level
+    saturation: float = 0.3  # colour left (0 = grey)
+    noise: float = 8.0
+    chroma: float = 4.0
+    column: float = 3.0
+    hot: float = 5e-4
+    seed: int = 0
+
+    def scene(self, rgb: np.ndarray) -> np.ndarray:
+        """The clean night rendering: dark and desaturated, no noise."""
+        x = rgb.astype(np.float32)
+        grey = x.mean(axis=2, keepdims=True)
+        x = (grey + self.saturation * (x - grey)) * self.gain + self.black
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+    def sensor(self, clean: np.ndarray, frame: int) -> np.ndarray:
+        """`clean` (from `scene`) as the sensor delivers frame `frame`."""
+        h, w = clean.shape[:2]
+        fixed = np.random.default_rng(self.seed)
+        columns = fixed.normal(0, self.column, (1, w, 1))
+        hot = fixed.random((h, w)) < self.hot
+        rng = np.random.default_rng((self.seed, frame))
+        x = clean.astype(np.float32) + columns + rng.normal(0, self.noise, (h, w, 1))
+        blotches = rng.normal(0, self.chroma, ((h + 1) // 2, (w + 1) // 2, 3)).astype(np.float32)
+        x += cv2.resize(blotches, (w, h), interpolation=cv2.INTER_LINEAR)
+        x[hot] = 240
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -100,11 +141,16 @@ class Clip:
     has_audio: bool
     movers: list[Mover] = field(default_factory=list, repr=False)
     background: np.ndarray | None = field(default=None, repr=False)
+    night: Night | None = field(default=None, repr=False)
 
     def frame(self, i: int) -> np.ndarray:
-        """The exact RGB frame that was encoded (a lossless clip decodes to it bit for bit)."""
+        """The exact RGB frame that was encoded (a lossless clip decodes to it bit for bit).
+
+        For a night clip: the scene as the camera would see it without sensor noise (dark, desaturated),
+        i.e. the clean rendering that the noise and the encoder then degrade."""
         assert self.background is not None
-        return render(self.background, self.movers, i)[0]
+        rgb = render(self.background, self.movers, i)[0]
+        return rgb if self.night is None else self.night.scene(rgb)
 
     def faces_at(self, frame: int, min_visible: float = 0.5) -> list[FaceGT]:
         return [g for g in self.faces if g.frame == frame and g.visible >= min_visible]
@@ -194,6 +240,8 @@ def render(bg: np.ndarray, movers: Sequence[Mover], frame: int) -> tuple[np.ndar
 
     faces = []
     for k, m in enumerate(movers):
+        if not m.face:
+            continue
         x, y = m.offset(frame)
         bx0, by0, bx1, by1 = m.sprite.face
         box = (x + bx0, y + by0, x + bx1, y + by1)
@@ -230,12 +278,17 @@ def make_clip(
     audio: bool = True,
     lossless: bool = True,
     seed: int = 0,
+    night: Night | None = None,
+    bitrate: int | None = None,
+    bg: np.ndarray | None = None,
 ) -> Clip:
     """Write a clip of `sprites` moving over the background and return it with its ground truth.
 
     Video: libx264rgb qp 0 (rgb24, bit-exact) when `lossless`, else libx264 crf 18
-    yuv420p; pts = frame index in time base 1/fps; default x264 B-frames, so
-    decode order differs from display order as in real files.
+    yuv420p, or average `bitrate` (bit/s) yuv420p, QP <= 38, when given; pts = frame index in time base 1/fps;
+    default x264 B-frames, so decode order differs from display order as in real files.
+    `night`: the frames are darkened and get sensor noise before encoding (see Night).
+    `bg`: the background (default: the brick wall of `background`).
     Audio: stereo 48 kHz AAC of the same duration, interleaved with the video.
     """
     path = Path(path)
@@ -243,11 +296,17 @@ def make_clip(
         sp = astronaut_sprite(height / 3)
         sprites = [Mover(sp, [(0, width * 0.25, height * 0.45), (frames - 1, width * 0.75, height * 0.55)])]
     movers = list(sprites)
-    bg = background(width, height, seed)
+    bg = background(width, height, seed) if bg is None else bg
     gt: list[FaceGT] = []
 
     with av.open(str(path), "w") as out:
-        if lossless:
+        if bitrate is not None:
+            # QP capped as camera encoders do: x264's own rate control otherwise starves the first ~10 frames of a
+            # short noisy clip to flat blocks (face boxes correlating < 0.3 with the scene), a start-up artefact.
+            vs = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "x264-params": "qpmax=38"})
+            vs.pix_fmt = "yuv420p"
+            vs.bit_rate = bitrate
+        elif lossless:
             vs = out.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "veryfast"})
             vs.pix_fmt = "rgb24"
         else:
@@ -261,6 +320,8 @@ def make_clip(
         sent = 0  # audio samples encoded so far
         for i in range(frames):
             rgb, faces = render(bg, movers, i)
+            if night is not None:
+                rgb = night.sensor(night.scene(rgb), i)
             gt += faces
             vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             vf.pts = i
@@ -276,7 +337,7 @@ def make_clip(
         out.mux(vs.encode(None))
         if audio:
             out.mux(aus.encode(None))
-    return Clip(path, width, height, fps, frames, gt, audio, movers, bg)
+    return Clip(path, width, height, fps, frames, gt, audio, movers, bg, night)
 
 
 def read_frames(path: str | Path) -> list[np.ndarray]:
@@ -344,3 +405,146 @@ def large_faces_clip(path: str | Path, *, width: int = 960, height: int = 540, f
         Mover(t1_sprite(3, 300 * s), [(0, width * 0.73, height * 0.5), (end, width * 0.75, height * 0.49)]),
     ]
     return make_clip(path, width=width, height=height, frames=frames, sprites=movers, **kw)
+
+
+# ---------------------------------------------------------------- night and face-free scenes
+
+
+def night_clip(
+    path: str | Path,
+    *,
+    width: int = 800,
+    height: int = 450,
+    frames: int = 100,
+    face_heights: Sequence[float] = (30, 33, 36, 40),
+    night: Night = Night(),
+    bitrate: int = 75_000,
+    **kw,
+) -> Clip:
+    """CCTV at night: faces (30-40 px high by default) walking across a dark, noisy scene, H.264 at 75 kbit/s.
+
+    Each face walks its own straight line at 1-3 px/frame (one diagonal, one standing for the first half), all
+    inside the picture; t1's faces and the astronaut, so several identities, skin tones and poses. The pace is
+    that of the 100-frame clip whatever `frames` is (a shorter clip walks part of each route).
+    """
+    end = frames - 1
+    walked = min(1.0, frames / 100)
+    w, h = width, height
+    routes = [  # (start x, start y, end x, end y) as fractions of the frame
+        (0.08, 0.30, 0.55, 0.34),
+        (0.90, 0.62, 0.40, 0.58),
+        (0.25, 0.75, 0.45, 0.30),
+        (0.70, 0.20, 0.92, 0.35),  # stands for the first half, then walks
+        (0.50, 0.50, 0.15, 0.55),
+    ]
+    movers = []
+    for k, fh in enumerate(face_heights):
+        sprite = astronaut_sprite(fh) if k % 6 == 5 else t1_sprite([1, 2, 4, 5, 3][k % 5], fh)
+        x0, y0, x1, y1 = routes[k % len(routes)]
+        x1, y1 = x0 + (x1 - x0) * walked, y0 + (y1 - y0) * walked
+        keys = [(0, x0 * w, y0 * h), (end, x1 * w, y1 * h)]
+        if k % len(routes) == 3:
+            keys = [(0, x0 * w, y0 * h), (end // 2, x0 * w, y0 * h), (end, x1 * w, y1 * h)]
+        movers.append(Mover(sprite, keys))
+    return make_clip(path, width=width, height=height, frames=frames, sprites=movers, night=night,
+                     bitrate=bitrate, **kw)
+
+
+def back_sprite(head_height: float, seed: int = 0) -> Sprite:
+    """A person seen from behind: hair (streaked, dark) over a bit of neck, on a jacket's shoulders. No face."""
+    rng = np.random.default_rng(seed)
+    hh = float(head_height)
+    W, H = round(hh * 2.0), round(hh * 2.1)
+    cx = W / 2
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    rgb = np.zeros((H, W, 3), np.float32)
+    alpha = np.zeros((H, W), np.float32)
+    # Shoulders: a wide half-ellipse of jacket, textured with the coffee image's table cloth.
+    cloth = cv2.resize(skdata.coffee()[300:400, :150], (W, H)).astype(np.float32) * 0.5
+    shoulders = ((xx - cx) / (W * 0.5)) ** 2 + ((yy - H) / (H * 0.45)) ** 2 <= 1
+    rgb[shoulders], alpha[shoulders] = cloth[shoulders], 1
+    # Neck: skin between the hair and the jacket.
+    neck = (np.abs(xx - cx) <= hh * 0.22) & (yy >= hh * 0.7) & (yy <= hh * 1.35) & ~shoulders
+    rgb[neck], alpha[neck] = (185, 135, 110), 1
+    # Head: an ellipse of hair, dark brown with vertical streaks.
+    head = ((xx - cx) / (hh * 0.42)) ** 2 + ((yy - hh * 0.52) / (hh * 0.52)) ** 2 <= 1
+    streaks = cv2.GaussianBlur(rng.normal(0, 1, (H, W)).astype(np.float32), (1, 0), sigmaX=0.6, sigmaY=hh * 0.08)
+    hair = np.array([70, 50, 35], np.float32) * (1 + 0.5 * streaks[..., None] / (streaks.std() + 1e-6))
+    rgb[head], alpha[head] = hair[head], 1
+    alpha = cv2.GaussianBlur(alpha, (0, 0), 1.0)
+    return Sprite(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), alpha, (cx - hh * 0.4, 0, cx + hh * 0.4, hh))
+
+
+def object_sprite(name: str, height: float) -> Sprite:
+    """An everyday object from scikit-image's images, on an elliptic alpha: 'coffee' (a cup), 'rocket', 'clock'."""
+    crops = {"coffee": (skdata.coffee, (20, 280, 140, 470)), "rocket": (skdata.rocket, (0, 200, 427, 420)),
+             "clock": (skdata.clock, (20, 60, 290, 340))}
+    load, (y0, x0, y1, x1) = crops[name]
+    img = load()[y0:y1, x0:x1]
+    img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+    scale = height / img.shape[0]
+    img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), round(height)), interpolation=cv2.INTER_AREA)
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    inside = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
+    alpha = np.clip((1 - inside) * 4, 0, 1).astype(np.float32)
+    return Sprite(img, alpha, (0, 0, w, h))
+
+
+def textured_background(width: int, height: int) -> np.ndarray:
+    """A face-free scene with strong texture: a brick wall above, gravel pavement below, a strip of grass."""
+    wall = background(width, height)
+    ground = np.repeat(cv2.resize(skdata.gravel(), (width, height - height * 6 // 10))[..., None], 3, axis=2)
+    grass = cv2.resize(skdata.grass(), (width, height // 12))
+    out = wall.copy()
+    out[height * 6 // 10 :] = (ground.astype(np.float32) * (0.85, 0.8, 0.75)).astype(np.uint8)
+    out[height * 6 // 10 : height * 6 // 10 + height // 12] = np.stack([grass * 0.5, grass * 0.8, grass * 0.4], -1).astype(np.uint8)
+    return out
+
+
+def backs_clip(path: str | Path, *, width: int = 800, height: int = 450, frames: int = 60, **kw) -> Clip:
+    """No faces: people seen from behind, moving objects, over a textured background (face-free ground truth)."""
+    end = frames - 1
+    w, h = width, height
+    movers = [
+        Mover(back_sprite(40, seed=1), [(0, 0.15 * w, 0.35 * h), (end, 0.55 * w, 0.38 * h)], face=False),
+        Mover(back_sprite(34, seed=2), [(0, 0.85 * w, 0.55 * h), (end, 0.45 * w, 0.52 * h)], face=False),
+        Mover(back_sprite(60, seed=3), [(0, 0.35 * w, 0.7 * h), (end, 0.3 * w, 0.5 * h)], face=False),
+        Mover(object_sprite("coffee", 50), [(0, 0.6 * w, 0.8 * h), (end, 0.9 * w, 0.75 * h)], face=False),
+        Mover(object_sprite("rocket", 90), [(0, 0.92 * w, 0.3 * h), (end, 0.75 * w, 0.25 * h)], face=False),
+        Mover(object_sprite("clock", 45), [(0, 0.1 * w, 0.8 * h), (end, 0.25 * w, 0.85 * h)], face=False),
+    ]
+    return make_clip(path, width=width, height=height, frames=frames, sprites=movers,
+                     bg=textured_background(width, height), **kw)
+
+
+# ---------------------------------------------------------------- recall measures (tests and benchmarks/bench_recall.py)
+
+# A face-frame is "destroyed by the encoder" (and left out of recall counts) when the luma of its face box in the
+# decoded clip correlates with the clean rendering below this (normalized cross-correlation). Fixed before any
+# detector runs and independent of it; a face the encoder left recognisable measures 0.6-0.95 here.
+DESTROYED_NCC = 0.5
+
+
+def face_ncc(clean: np.ndarray, decoded: np.ndarray, box: Box) -> float:
+    """Normalized cross-correlation of the luma of `box` in two frames (1 = same structure, 0 = none)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    a, b = (f[y0:y1, x0:x1].astype(np.float64).mean(axis=2) for f in (clean, decoded))
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-9))
+
+
+def inner(box: Box) -> tuple[int, int, int, int]:
+    """The central half (in width and height) of a face box, in whole pixels: eyes, nose, mouth."""
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) / 4, (y1 - y0) / 4
+    return int(round(x0 + dx)), int(round(y0 + dy)), int(round(x1 - dx)), int(round(y1 - dy))
+
+
+def changed_fraction(before: np.ndarray, after: np.ndarray, box: Box) -> float:
+    """Fraction of the pixels of the face's inner region that an anonymizer changed (any channel differs).
+    A face-frame is *missed* when this is below 0.5: most of its eyes-nose-mouth region is untouched.
+    (Exact for a lossless output; an untouched pixel is bit-identical.)"""
+    x0, y0, x1, y1 = inner(box)
+    a, b = before[y0:y1, x0:x1], after[y0:y1, x0:x1]
+    return float((a != b).any(axis=2).mean()) if a.size else 1.0

@@ -358,3 +358,21 @@ def test_stored_sideways_frames_are_detected_upright(detector, t1_faces, rotatio
         d = np.abs(got.landmarks - lm[None]).max(axis=(1, 2)).min()
         assert d < 3.0, d
     assert (got.xyxy[:, :2] >= 0).all() and (got.xyxy[:, 2] <= w).all() and (got.xyxy[:, 3] <= h).all()
+
+
+def test_a_floor_adds_weak_candidates_and_leaves_the_detections_as_they_were(detector):
+    """With floor 0.02 the detector also returns candidates scoring below its threshold; the faces at or above
+    the threshold are exactly those it returns without a floor (dark, noisy, small faces: many weak ones)."""
+    rng = np.random.default_rng(0)
+    small = cv2.resize(_t1(), (480, 332), interpolation=cv2.INTER_AREA).astype(np.float32)
+    dark = np.clip(small * 0.3 + 10 + rng.normal(0, 8, small.shape[:2])[..., None], 0, 255).astype(np.uint8)
+    with_floor = make_detector("centerface", device="cpu", floor=0.02)
+    for image in (_t1(), dark):
+        plain = detector(image)
+        strong, weak = detect.split_weak(with_floor(image), with_floor.threshold)
+        np.testing.assert_array_equal(strong.xyxy, plain.xyxy)
+        np.testing.assert_array_equal(strong.score, plain.score)
+        assert ((weak.score >= 0.02) & (weak.score < with_floor.threshold)).all()
+    assert len(weak) > 0
+    with pytest.raises(ValueError, match="floor"):
+        make_detector("centerface", device="cpu", threshold=0.2, floor=0.3)

@@ -210,3 +210,21 @@ def test_sample_video_is_small_and_has_audio():
         assert (v.codec_context.name, v.width, v.height) == ("h264", 640, 360)
         assert sum(1 for _ in f.decode(v)) == 12
         assert f.streams.audio[0].codec_context.name == "aac"
+
+
+def test_night_clip_is_dark_noisy_and_about_75_kbit_s(tmp_path):
+    clip = synth.night_clip(tmp_path / "night.mp4", frames=50, audio=False)
+    frames = synth.read_frames(clip.path)
+    with av.open(str(clip.path)) as f:
+        kbit = sum(p.size for p in f.demux(f.streams.video[0])) * 8 / (clip.frames / clip.fps) / 1000
+    assert 55 <= kbit <= 95, kbit  # measured 72 over 100 frames
+    assert np.mean(frames[10]) < 50  # dark
+    heights = {round(g.xyxy[3] - g.xyxy[1]) for g in clip.faces if g.visible == 1}
+    assert min(heights) >= 29 and max(heights) <= 41
+    # The noise is in the file: frame minus its clean rendering has a spread of several levels.
+    assert np.std(frames[25].astype(float) - clip.frame(25)) > 4
+
+
+def test_face_free_clip_has_no_ground_truth_faces(tmp_path):
+    clip = synth.backs_clip(tmp_path / "backs.mp4", frames=5, audio=False)
+    assert clip.faces == [] and len(clip.movers) == 6

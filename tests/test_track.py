@@ -270,3 +270,93 @@ def test_one_hour_of_video_runs_quickly():
     ids = np.concatenate([o.track_id for o in out])
     assert set(ids.tolist()) == {0, 1, 2}  # each face kept its id for the whole hour
     assert all(len(o) == 3 for o in out)  # every missed frame filled
+
+
+# ---------------------------------------------------------------- weak candidates (issue 12)
+
+
+def test_weak_candidates_never_start_a_track():
+    """A weak candidate that continues no track is not a detection: nothing comes out for it."""
+    weak = [dets([box(100 + 2 * f, 100), box(300, 200)], [0.05, 0.1]) for f in range(30)]
+    out = track_faces([Detections.empty()] * 30, weak=weak, frame_size=(640, 360))
+    assert all(len(o) == 0 for o in out)
+
+
+def test_weak_candidates_carry_a_track_across_a_long_gap():
+    """Detections at frames 0-4 and 60-64, weak candidates every 8 frames between: one track, every frame
+    covered, and the detections still come first and unchanged in their frames."""
+    config = TrackerConfig(max_gap=12, extend=0, bridge=75)
+    inp = [dets([box(100 + 3 * f, 100)]) if f < 5 or f >= 60 else Detections.empty() for f in range(65)]
+    weak = [dets([box(100 + 3 * f + 2, 101)], [0.04]) if f % 8 == 0 and 5 <= f < 60 else Detections.empty()
+            for f in range(65)]
+    out = track_faces(inp, config, weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    assert all(o.track_id.tolist() == [0] for o in out)
+    for f in range(65):
+        np.testing.assert_allclose(out[f].xyxy[0], box(100 + 3 * f, 100), atol=3)
+    assert out[8].score[0] == np.float32(0.04) and out[8].interpolated[0]  # a weak sighting, added by the tracker
+    # Without the weak candidates the gap of 55 frames splits the face into two tracks and leaves it uncovered.
+    plain = track_faces(inp, config)
+    assert sum(len(o) == 0 for o in plain) > 40 and plain[-1].track_id.tolist() == [1]
+
+
+def test_weak_candidates_do_not_replace_detections_or_take_another_track():
+    """A frame with a detection for the track keeps it; a weak candidate near an other, detected face is unused."""
+    inp = [dets([box(100, 100), box(400, 100)]) for _ in range(10)]
+    weak = [dets([box(103, 100), box(250, 250)], [0.1, 0.1]) for _ in range(10)]
+    out = track_faces(inp, TrackerConfig(extend=0), weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    assert all(len(o) == 2 for o in out)
+
+
+def test_bridge_ends_where_the_predicted_box_leaves_the_frame_or_after_bridge_frames():
+    config = TrackerConfig(max_gap=12, extend=0, bridge=20)
+    # A face walks right at 10 px/frame and is detected until frame 4 (centre 140); weak candidates follow it.
+    inp = [dets([box(100 + 10 * f, 100)]) if f < 5 else Detections.empty() for f in range(60)]
+    weak = [dets([box(100 + 10 * f, 100)], [0.05]) if f >= 5 else Detections.empty() for f in range(60)]
+    out = track_faces(inp, config, weak=weak, frame_size=(640, 360))
+    covered = [f for f, o in enumerate(out) if len(o)]
+    assert covered == list(range(0, 25))  # bridge: 20 frames after the last detection at frame 4
+    # The same in a frame 260 px wide: the prediction leaves the picture at frame 16 (centre 260).
+    out = track_faces(inp, config, weak=weak, frame_size=(260, 360))
+    covered = [f for f, o in enumerate(out) if len(o)]
+    assert covered == list(range(0, 16))
+
+
+def test_new_track_reaches_back_through_earlier_weak_candidates():
+    """A face entering a dark scene scores weakly before its first detection (frame 30): covered from frame 6."""
+    config = TrackerConfig(max_gap=12, extend=2, bridge=75)
+    inp = [dets([box(100 + 2 * f, 100)]) if f >= 30 else Detections.empty() for f in range(50)]
+    weak = [dets([box(100 + 2 * f, 100)], [0.03]) if 6 <= f < 30 and f % 3 == 0 else Detections.empty()
+            for f in range(50)]
+    out = track_faces(inp, config, weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    covered = [f for f, o in enumerate(out) if len(o)]
+    assert covered == list(range(4, 50))  # 6 and its extension of 2 frames
+    assert {int(t) for o in out for t in o.track_id} == {0}
+
+
+def test_online_tracker_with_weak_candidates_matches_the_whole_video_run():
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        config = TrackerConfig(max_gap=int(rng.integers(0, 13)), extend=int(rng.integers(0, 8)),
+                               bridge=int(rng.integers(0, 40)))
+        n_frames, k = int(rng.integers(1, 120)), int(rng.integers(1, 4))
+        start, velocity = rng.uniform(50, 400, (k, 2)), rng.normal(0, 3, (k, 2))
+        inp, weak = [], []
+        for f in range(n_frames):
+            seen = rng.random(k)
+            inp.append(dets([box(*(start[j] + velocity[j] * f), 40) for j in range(k) if seen[j] > 0.8]))
+            weak.append(dets([box(*(start[j] + velocity[j] * f + rng.normal(0, 2, 2)), 40) for j in range(k)
+                              if 0.3 < seen[j] <= 0.8], None))
+        tracker, out, worst = Tracker(config, (640, 480)), [], 0
+        for i, (d, w) in enumerate(zip(inp, weak)):
+            out += tracker.push(d, w)
+            worst = max(worst, i + 1 - len(out))
+        out += tracker.finish()
+        assert worst <= max(config.bridge + config.extend, config.extend + 4 * (config.max_gap + 1))
+        check_contract(inp, out)
+        reference = track_faces(inp, config, weak=weak, frame_size=(640, 480))
+        for a, b in zip(out, reference):
+            np.testing.assert_array_equal(a.xyxy, b.xyxy)
+            np.testing.assert_array_equal(a.track_id, b.track_id)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import keys, stages
 from .align import crop_face, face_affine, landmarks_in_crop, paste_weights
 from .config import Config
-from .detect import Detections, detect_upright, make_detector
+from .detect import Detections, detect_upright, make_detector, split_weak
 from .diffusion import make_schedule
 from .errors import InputError, VidanonError
 from .manifest import FaceLog, build_header, manifest_path, seal_mask, write_manifest
@@ -50,7 +50,8 @@ def master_key(key: bytes | str | os.PathLike) -> bytes:
 
 def detector_for(cfg: Config):
     """The face detector the settings ask for (built once per run and shared by its files)."""
-    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face)
+    floor = cfg.floor if cfg.threshold is None else min(cfg.floor, cfg.threshold)  # a threshold below it: no weak ones
+    return make_detector(cfg.detector, threshold=cfg.threshold, device=cfg.device, min_face=cfg.min_face, floor=floor)
 
 
 def parser_for(cfg: Config) -> FaceParser | None:
@@ -66,14 +67,16 @@ def parser_for(cfg: Config) -> FaceParser | None:
 def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector, progress: bool = True) -> Iterator[Detections]:
     """Pass 1: every frame's faces, each with a track id (plus the faces the tracker adds), in frame order,
     each as soon as it is final: a bounded number of frames behind detection (see track.Tracker)."""
-    tracker = Tracker(TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend))
+    tracker = Tracker(TrackerConfig(iou_threshold=cfg.iou_threshold, max_gap=cfg.max_gap, extend=cfg.extend,
+                                    bridge=cfg.bridge), frame_size=(info.width, info.height))
+    threshold = getattr(detector, "threshold", 0.0)  # below it: weak candidates (a detector built with a floor)
     frames = stages.prefetch(read_frames(path, info), depth=4)
     with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
             contextlib.closing(frames):
         for frame in frames:
             with stages.CPU_BUSY:
                 dets = detect_upright(detector, frame.rgb, info.rotation)
-            yield from tracker.push(dets)
+            yield from tracker.push(*split_weak(dets, threshold))
             bar.update()
     yield from tracker.finish()
 

@@ -33,12 +33,14 @@ class Config:
     detector: str = "centerface"  # centerface (offline, MIT) | scrfd (insightface, non-commercial licence)
     threshold: float | None = None  # detector score threshold; None = the detector's own default
     min_face: int = 20  # smallest face height in pixels the detector is run to find
+    floor: float = 0.05  # weak candidates down to this score may continue a tracked face (never start one)
     mask: str = "auto"  # auto (parser if its weights are cached, else landmarks) | parser | landmarks
     parser_weights: str | None = None  # path to BiSeNet face-parsing ONNX; None = user cache / download
     feather: int = 8  # px of soft edge outside the replaced region when pasting back
     max_gap: int = 12  # frames a face may go undetected and still be covered by interpolation
     extend: int = 4  # frames covered before a face's first and after its last detection
     iou_threshold: float = 0.3  # tracker matching threshold
+    bridge: int = 75  # frames a track may live on weak candidates alone, before or after its detections
     lossless: bool = False  # lossless RGB H.264 (libx264rgb qp 0) for evidential archives
     crf: int = 17  # H.264 quality when not lossless (17 ≈ visually lossless)
     preset: str = "medium"  # x264 preset
@@ -58,6 +60,8 @@ class Config:
             (self.max_gap >= 0 and self.extend >= 0 and self.feather >= 0, "max_gap, extend, feather must be >= 0"),
             (0 < self.iou_threshold < 1, "iou_threshold must be in (0, 1)"),
             (self.threshold is None or 0 < self.threshold < 1, "threshold must be in (0, 1)"),
+            (0 < self.floor < 1, "floor must be in (0, 1)"),
+            (self.bridge >= 0, "bridge must be >= 0"),
             (self.detector in ("centerface", "scrfd"), "detector must be centerface or scrfd"),
             (self.preset in X264_PRESETS, f"preset must be one of {', '.join(X264_PRESETS)}"),
         ]
@@ -76,8 +80,8 @@ class Config:
 FIELDS = {f.name for f in fields(Config)}
 # The settings that change what an output looks like (not batch_size, device, compile: those change only
 # how fast it is made). A rerun redoes a file whose manifest recorded other values.
-OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "min_face", "mask", "feather", "max_gap", "extend",
-                   "iou_threshold", "lossless", "crf", "preset", "seal")
+OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "floor", "bridge", "min_face", "mask", "feather", "max_gap",
+                   "extend", "iou_threshold", "lossless", "crf", "preset", "seal")
 
 
 def changed_settings(recorded: dict, cfg: Config) -> list[str]:

@@ -13,6 +13,11 @@ reliably; coarser passes (each 3x smaller) catch faces too large for the
 network at that scale. Each pass keeps only the face sizes it is good at, and
 one non-maximum suppression merges the passes. Passes larger than a pixel
 budget are split into overlapping tiles so memory stays bounded on 4K input.
+
+With a ``floor`` below the threshold a detector also returns *weak candidates*
+(score in [floor, threshold)); the faces at or above the threshold are exactly
+those it returns without a floor. Weak candidates are not detections: the
+tracker uses them only to continue a face it already tracks (``split_weak``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "onnx_providers",
     "detect_upright",
     "make_detector",
+    "split_weak",
 ]
 
 SCRFD_LICENCE_NOTE = (
@@ -118,20 +124,23 @@ class _PyramidDetector:
     net_face_px: float  # face height the network finds reliably, in its own pixels
     nms_iou: float
 
-    def __init__(self, threshold: float, min_face: int) -> None:
+    def __init__(self, threshold: float, min_face: int, floor: float | None = None) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"detection threshold must be in (0, 1), got {threshold}")
         if min_face < 8:
             raise ValueError(f"min_face must be at least 8 pixels, got {min_face}")
+        if floor is not None and not 0.0 < floor <= threshold:
+            raise ValueError(f"candidate floor must be in (0, threshold={threshold}], got {floor}")
         self.threshold = float(threshold)
         self.min_face = int(min_face)
+        self.floor = self.threshold if floor is None else float(floor)  # weak candidates from here up
 
     def _run_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidate faces above threshold in one image: boxes (K, 4), landmarks (K, 5, 2), scores (K,)."""
+        """Candidate faces above self.floor in one image: boxes (K, 4), landmarks (K, 5, 2), scores (K,)."""
         raise NotImplementedError
 
     def __call__(self, rgb: np.ndarray) -> Detections:
-        """Faces in one (H, W, 3) uint8 RGB frame, by descending score."""
+        """Faces in one (H, W, 3) uint8 RGB frame, by descending score (weak candidates last, if a floor is set)."""
         _check_frame(rgb)
         height, width = rgb.shape[:2]
         scales = pass_scales(height, width, self.net_face_px / self.min_face)
@@ -164,7 +173,8 @@ class _PyramidDetector:
         # a face that a coarser pass found and that is too big for this pass.
         keep = np.ones(len(box), bool)
         for k, scale in enumerate(scales[:-1]):
-            big = (pass_k > k) & ((box[:, 3] - box[:, 1]) * scale >= KEEP_BELOW_PX)
+            # Only detections, not weak candidates, may drop a finer pass's boxes.
+            big = (pass_k > k) & (score >= self.threshold) & ((box[:, 3] - box[:, 1]) * scale >= KEEP_BELOW_PX)
             here = np.flatnonzero(pass_k == k)
             if big.any() and len(here):
                 keep[here[_covered(box[here], box[big]) > 0.5]] = False
@@ -173,8 +183,9 @@ class _PyramidDetector:
             return Detections.empty()
 
         xywh = np.c_[box[:, :2], box[:, 2:] - box[:, :2]]
-        # NMSBoxes returns the kept indices by descending score.
-        keep = np.asarray(cv2.dnn.NMSBoxes(xywh, score, self.threshold, self.nms_iou), dtype=int).reshape(-1)
+        # NMSBoxes returns the kept indices by descending score. Greedy by score: a weak candidate never
+        # suppresses a detection, so the detections are the same with or without a floor.
+        keep = np.asarray(cv2.dnn.NMSBoxes(xywh, score, self.floor, self.nms_iou), dtype=int).reshape(-1)
         box = box[keep]
         box[:, 0::2] = box[:, 0::2].clip(0, width)
         box[:, 1::2] = box[:, 1::2].clip(0, height)
@@ -231,8 +242,9 @@ class CenterFaceDetector(_PyramidDetector):
     nms_iou = 0.3  # as in the CenterFace reference code
     default_threshold = 0.2
 
-    def __init__(self, *, threshold: float | None = None, device: str = "auto", min_face: int = 20) -> None:
-        super().__init__(self.default_threshold if threshold is None else threshold, min_face)
+    def __init__(self, *, threshold: float | None = None, device: str = "auto", min_face: int = 20,
+                 floor: float | None = None) -> None:
+        super().__init__(self.default_threshold if threshold is None else threshold, min_face, floor)
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -250,7 +262,7 @@ class CenterFaceDetector(_PyramidDetector):
         blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
         blob[0, :, :h, :w] = rgb.transpose(2, 0, 1)
         heatmap, log_scale, offset, lms = (out[0] for out in self.session.run(None, {"input.1": blob}))
-        ys, xs = np.nonzero(heatmap[0] > self.threshold)
+        ys, xs = np.nonzero(heatmap[0] > self.floor)
         score = heatmap[0, ys, xs]
         box_h = np.exp(log_scale[0, ys, xs]) * 4
         box_w = np.exp(log_scale[1, ys, xs]) * 4
@@ -295,8 +307,9 @@ class ScrfdDetector(_PyramidDetector):
         pack: str = "buffalo_l",
         root: Path | str | None = None,
         download: bool = True,
+        floor: float | None = None,
     ) -> None:
-        super().__init__(self.default_threshold if threshold is None else threshold, min_face)
+        super().__init__(self.default_threshold if threshold is None else threshold, min_face, floor)
         root = Path(root).expanduser() if root is not None else INSIGHTFACE_ROOT
         pack_dir = root / "models" / pack
         if not sorted(pack_dir.glob("*.onnx")) and download:
@@ -320,7 +333,7 @@ class ScrfdDetector(_PyramidDetector):
             # An absolute directory as name: insightface then loads it as is, never downloading.
             app = FaceAnalysis(name=str(pack_dir), root=str(root), allowed_modules=["detection"], providers=providers)
             self.on_gpu = not isinstance(providers[0], str)  # ("CUDAExecutionProvider", {...}) when CUDA is used
-            app.prepare(ctx_id=providers[0][1]["device_id"] if self.on_gpu else -1, det_thresh=self.threshold)
+            app.prepare(ctx_id=providers[0][1]["device_id"] if self.on_gpu else -1, det_thresh=self.floor)
         except Exception as exc:  # a truncated or foreign pack: insightface raises anything (even AssertionError)
             reason = (str(exc).strip().splitlines() or [""])[0]
             raise ModelNotFoundError(
@@ -363,11 +376,21 @@ def detect_upright(detector: Detector, rgb: np.ndarray, rotation: int) -> Detect
 
 
 def make_detector(
-    name: str = "centerface", *, threshold: float | None = None, device: str = "auto", min_face: int = 20
+    name: str = "centerface", *, threshold: float | None = None, device: str = "auto", min_face: int = 20,
+    floor: float | None = None,
 ) -> Detector:
-    """A face detector by name: "centerface" (default, offline, MIT) or "scrfd" (non-commercial)."""
+    """A face detector by name: "centerface" (default, offline, MIT) or "scrfd" (non-commercial).
+
+    floor: also return weak candidates scoring from `floor` up to the threshold (see `split_weak`)."""
     if name == "centerface":
-        return CenterFaceDetector(threshold=threshold, device=device, min_face=min_face)
+        return CenterFaceDetector(threshold=threshold, device=device, min_face=min_face, floor=floor)
     if name == "scrfd":
-        return ScrfdDetector(threshold=threshold, device=device, min_face=min_face)
+        return ScrfdDetector(threshold=threshold, device=device, min_face=min_face, floor=floor)
     raise ValueError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTOR_NAMES)}")
+
+
+def split_weak(dets: Detections, threshold: float) -> tuple[Detections, Detections]:
+    """(detections scoring >= threshold, weak candidates below it): the tracker keeps every detection and
+    uses a weak candidate only where it continues a face it already tracks."""
+    strong = dets.score >= threshold
+    return dets[strong], dets[~strong]

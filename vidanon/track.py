@@ -3,7 +3,8 @@
 `Tracker` takes one frame's detections at a time and hands back each frame once
 nothing later can change it: a bounded number of frames behind (at most
 extend + 4·(max_gap + 1), 56 with the defaults: a young track's backward
-extension waits for its first five detections, which give its start velocity).
+extension waits for its first five detections, which give its start velocity;
+with weak candidates at most the larger of that and bridge + extend, 79).
 So the pipeline can detect ahead in one thread while it anonymizes behind in
 another, and the result is the same as tracking the whole video at once
 (`track_faces`).
@@ -14,7 +15,8 @@ Contract (a privacy tool: a missed face is the worst error):
   input rows, in input order, with xyxy/landmarks/score/interpolated unchanged and
   a track id >= 0. No detection is ever dropped, however low its score or short
   its track: a one-frame track is still a track. The rows after them are faces
-  the tracker added (interpolated=True), sorted by track id.
+  the tracker added (interpolated=True), sorted by track id: gap fills, extensions
+  and weak candidates that continue a track (below).
 - Track ids are consecutive from 0 in order of first detection; a frame holds at
   most one face per track id.
 - A track lost for <= max_gap frames may be matched again; the frames in between
@@ -28,6 +30,30 @@ Contract (a privacy tool: a missed face is the worst error):
   that end (estimated over up to 5 detections), but never more than half a box
   from the end detection so that a noisy velocity cannot throw the box off the
   face. Extended faces carry the end detection's score.
+
+Weak candidates (the ByteTrack idea; `push(dets, weak)`): faces the detector
+scored below its threshold but above a much lower floor. At night a small face
+in noise often scores below the threshold in most frames while still being the
+best guess of where it is. A weak candidate is used only to continue a live
+track that no detection continued in this frame, by the same matching rule; it
+never starts a track, and one that continues none is discarded. Matched, it is
+a sighting like a detection (it ends a gap, moves the track on, and later gaps
+and extensions count from it) and becomes an added face with its own score and
+box, and landmarks placed in its box by the alignment's template: the landmarks
+of a face that small and noisy are too unreliable to align with (measured on the
+night clip: eyes bunched on one side of the box, the mask off the face).
+So a track may cross a stretch without detections longer than max_gap, as
+long as weak candidates keep appearing (at most max_gap frames apart), the
+track's predicted box centre stays inside the frame (`frame_size`), and the
+stretch lasts at most `bridge` frames after the track's last detection. The
+bound keeps a track from living on weak candidates from the background after
+its face has gone; docs/tracking.md says how these lengths were chosen.
+The same holds backwards in time: a new track (always started by a detection)
+reaches back through the weak candidates of the frames before it, up to
+`bridge` frames, so a face that scored weakly before its first detection (the
+usual case for a small face entering a dark scene) is covered from its first
+weak sighting. While unused weak candidates are pending, frames are therefore handed out
+up to bridge + extend frames behind (75 + 4 with the defaults) instead of 56.
 
 Association is frame to frame: each live track predicts its box with a
 constant-velocity model on the box centre (size held), the cost is IoU with the
@@ -47,18 +73,20 @@ to fill gaps from both sides. Cost is linear in frames (90k frames x 3 faces in 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from vidanon.align import landmarks_from_box
 from vidanon.detect import Detections
 
 _NO_MATCH = 1e9  # cost of a pair that may not match; finite so the solver always succeeds
 _FALLBACK = 1e3  # base cost of a centre-distance match: above any sum of IoU costs
 _MAX_SIZE_RATIO = 2.0  # a face does not double in size between two sightings
 _VELOCITY_SPAN = 5  # detections used to estimate a track end's velocity for extension
+_WEAK_CENTER_DISTANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,12 +95,13 @@ class TrackerConfig:
     max_gap: int = 12  # frames a track may be lost and still be matched; the gap is interpolated
     extend: int = 4  # frames added before a track's first and after its last detection
     center_distance: float = 1.0  # fallback match: centre distance / mean face size (0 = off)
+    bridge: int = 75  # frames after a track's last detection in which weak candidates may still continue it
 
     def __post_init__(self) -> None:
         if not 0.0 < self.iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
-        if self.max_gap < 0 or self.extend < 0 or self.center_distance < 0:
-            raise ValueError("max_gap, extend and center_distance must be >= 0")
+        if self.max_gap < 0 or self.extend < 0 or self.center_distance < 0 or self.bridge < 0:
+            raise ValueError("max_gap, extend, center_distance and bridge must be >= 0")
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -156,8 +185,13 @@ class Tracker:
     (see the module docstring); over a whole video they return exactly what `track_faces` does.
     """
 
-    def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
+    def __init__(self, config: TrackerConfig = TrackerConfig(), frame_size: tuple[int, int] | None = None) -> None:
+        """frame_size: (width, height); weak candidates continue a track only while its predicted box centre
+        lies inside it (None: anywhere)."""
         self.config = config
+        self.frame_size = frame_size
+        # Weak candidates include noise: they match a track more strictly than detections do.
+        self._weak_config = replace(config, center_distance=min(config.center_distance, _WEAK_CENTER_DISTANCE))
         self._next = 0  # index of the next frame to push
         self._n_tracks = 0
         # Live tracks (those that may still be matched), one row each, for the vectorized matching.
@@ -165,53 +199,140 @@ class Tracker:
         self._last = np.empty(0)  # frame of the last detection
         self._state = np.empty((0, 6))  # centre x, y, width, height, velocity x, y (px/frame)
         self._gain = np.empty(0)  # velocity update weight: 1 for a track's first measurement, then 1/2
+        self._strong = np.empty(0)  # frame of the last detection (not weak candidate)
         self._tracks: dict[int, _Track] = {}
         # Frames pushed but not final: (own rows with track ids, [(track id, added face)]).
         self._pending: deque[tuple[Detections, list[tuple[int, _Face]]]] = deque()
         self._first_pending = 0
         self._later: dict[int, list[tuple[int, _Face]]] = {}  # added faces for frames not pushed yet
+        self._weak: dict[int, tuple[Detections, np.ndarray]] = {}  # pending frame -> (weak candidates, unused)
 
-    def push(self, dets: Detections) -> list[Detections]:
+    def push(self, dets: Detections, weak: Detections | None = None) -> list[Detections]:
+        """One frame: its detections (each kept, with a track id) and optionally its weak candidates
+        (used only to continue live tracks; see the module docstring)."""
         f = self._next
         self._next += 1
         xyxy = dets.xyxy.astype(np.float64)
         marks = dets.landmarks.astype(np.float64)
-        track_of = self._associate(f, xyxy)
+        matched = np.zeros(len(self._ids), bool)  # live tracks continued by a detection in this frame
+        track_of = self._associate(f, xyxy, matched)
         self._pending.append((dets.with_tracks(track_of), self._later.pop(f, [])))
         for row, tid in enumerate(track_of.tolist()):
             face = _Face(f, xyxy[row], marks[row], dets.score[row])
-            track = self._tracks.get(tid)
-            if track is None:
-                track = self._tracks[tid] = _Track(head=[])
-            elif f - track.tail[-1].frame > 1:  # a gap: linear interpolation between the neighbours
-                prev = track.tail[-1]
-                fill_score = float(min(prev.score, face.score))
-                for g in range(prev.frame + 1, f):
-                    t = (g - prev.frame) / (f - prev.frame)
-                    self._add(tid, _Face(g, (1 - t) * prev.box + t * face.box,
-                                         (1 - t) * prev.landmarks + t * face.landmarks, fill_score))
-            if len(track.head) < _VELOCITY_SPAN:
-                track.head.append(face)
-                if len(track.head) == _VELOCITY_SPAN:
-                    self._extend_back(tid)
-            track.tail.append(face)
+            if tid not in self._tracks:  # a new track: first its weak sightings before this frame, if any
+                for earlier in self._reach_back(face):
+                    self._sighting(tid, earlier)
+                    self._add(tid, earlier)
+            self._sighting(tid, face)
+        if weak is not None and len(weak):
+            unused = np.ones(len(weak), bool)
+            if (~matched).any():
+                unused = self._continue_weakly(f, weak, np.flatnonzero(~matched))
+            if unused.any():  # kept for a new track to reach back to
+                self._weak[f] = (weak, unused)
         # Tracks that cannot be matched at the next frame have ended.
         keep = f - self._last <= self.config.max_gap
         for tid in self._ids[~keep].tolist():
             self._close(tid, end=None)
-        self._ids, self._last, self._state, self._gain = (a[keep] for a in (self._ids, self._last, self._state, self._gain))
+        self._ids, self._last, self._state, self._gain, self._strong = (
+            a[keep] for a in (self._ids, self._last, self._state, self._gain, self._strong))
         return self._emit(self._final_before())
+
+    def _sighting(self, tid: int, face: _Face) -> None:
+        """Track `tid` was seen (a detection, or a weak candidate continuing it): fill the gap since its last
+        sighting, and record the face for its extensions."""
+        track = self._tracks.get(tid)
+        if track is None:
+            track = self._tracks[tid] = _Track(head=[])
+        elif face.frame - track.tail[-1].frame > 1:  # a gap: linear interpolation between the neighbours
+            prev = track.tail[-1]
+            fill_score = float(min(prev.score, face.score))
+            for g in range(prev.frame + 1, face.frame):
+                t = (g - prev.frame) / (face.frame - prev.frame)
+                self._add(tid, _Face(g, (1 - t) * prev.box + t * face.box,
+                                     (1 - t) * prev.landmarks + t * face.landmarks, fill_score))
+        if len(track.head) < _VELOCITY_SPAN:
+            track.head.append(face)
+            if len(track.head) == _VELOCITY_SPAN:
+                self._extend_back(tid)
+        track.tail.append(face)
+
+    def _continue_weakly(self, f: int, weak: Detections, rows: np.ndarray) -> np.ndarray:
+        """Match weak candidates to the live tracks `rows` (not continued by a detection in frame f): only
+        those last detected at most `bridge` frames ago and predicted inside the frame. Returns which
+        candidates are left unused."""
+        steps = f - self._last[rows]
+        pred_c = self._state[rows, :2] + steps[:, None] * self._state[rows, 4:]
+        ok = f - self._strong[rows] <= self.config.bridge
+        if self.frame_size is not None:
+            width, height = self.frame_size
+            ok &= (pred_c[:, 0] >= 0) & (pred_c[:, 0] < width) & (pred_c[:, 1] >= 0) & (pred_c[:, 1] < height)
+        rows, pred_c = rows[ok], pred_c[ok]
+        unused = np.ones(len(weak), bool)
+        if not len(rows):
+            return unused
+        half = self._state[rows, 2:4] / 2
+        xyxy = weak.xyxy.astype(np.float64)
+        ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy, self._weak_config)
+        self._update(rows[ti], xyxy[di], f)
+        for r, d in zip(rows[ti].tolist(), di.tolist()):
+            tid = int(self._ids[r])
+            face = _Face(f, xyxy[d], landmarks_from_box(xyxy[d]), float(weak.score[d]))
+            self._sighting(tid, face)
+            self._add(tid, face)
+        unused[di] = False
+        return unused
+
+    def _reach_back(self, face: _Face) -> list[_Face]:
+        """The weak sightings of a face before its first detection `face`, oldest first: unused weak candidates
+        of pending frames, each matching the one after it (held box, the same matching rule), at most max_gap
+        frames apart and at most `bridge` frames back, staying clear of frames whose extension is final."""
+        found: list[_Face] = []
+        after = face
+        # A face found at frame g is extended back to g - extend, which must still be pending (or before frame 0).
+        stop = max(face.frame - self.config.bridge, self._first_pending + self.config.extend if self._first_pending else 0)
+        for g in range(face.frame - 1, stop - 1, -1):
+            if after.frame - g > self.config.max_gap:
+                break
+            if g not in self._weak:
+                continue
+            weak, unused = self._weak[g]
+            rows = np.flatnonzero(unused)
+            if not len(rows):
+                continue
+            xyxy = weak.xyxy[rows].astype(np.float64)
+            _, di = _assign(after.box[None], xyxy, self._weak_config)
+            if len(di):
+                d = rows[di[0]]
+                unused[d] = False
+                after = _Face(g, xyxy[di[0]], landmarks_from_box(xyxy[di[0]]), float(weak.score[d]))
+                found.append(after)
+        return found[::-1]
+
+    def _update(self, rows: np.ndarray, xyxy: np.ndarray, f: int) -> None:
+        """Move the live tracks `rows` to their new boxes `xyxy`, seen in frame f."""
+        boxes_cs = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        state = self._state
+        measured = (boxes_cs[:, :2] - state[rows, :2]) / (f - self._last[rows])[:, None]
+        state[rows, 4:] += self._gain[rows, None] * (measured - state[rows, 4:])  # halves detector jitter
+        state[rows, :4] = boxes_cs
+        self._gain[rows] = 0.5
+        self._last[rows] = f
 
     def finish(self) -> list[Detections]:
         """End of the video: close the live tracks (extensions stop at the last frame), return the rest."""
         for tid in sorted(self._tracks):
             self._close(tid, end=self._next)
-        self._ids, self._last, self._state, self._gain = self._ids[:0], self._last[:0], self._state[:0], self._gain[:0]
+        self._ids, self._last, self._state, self._gain, self._strong = (
+            a[:0] for a in (self._ids, self._last, self._state, self._gain, self._strong))
         self._later.clear()
-        return self._emit(self._next)
+        out = self._emit(self._next)
+        self._weak.clear()
+        return out
 
-    def _associate(self, f: int, xyxy: np.ndarray) -> np.ndarray:
-        """Track id of each detection of frame f; unmatched ones start tracks, in row order."""
+    def _associate(self, f: int, xyxy: np.ndarray, matched: np.ndarray) -> np.ndarray:
+        """Track id of each detection of frame f; unmatched ones start tracks, in row order.
+        Sets matched[row] for the live tracks (rows as before this call) that a detection continued."""
         track_of = np.full(len(xyxy), -1, dtype=np.int64)
         if not len(xyxy):
             return track_of
@@ -223,11 +344,9 @@ class Tracker:
             pred_c = state[:, :2] + steps[:, None] * state[:, 4:]
             half = state[:, 2:4] / 2
             ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy, self.config)
-            measured = (boxes_cs[di, :2] - state[ti, :2]) / steps[ti, None]
-            state[ti, 4:] += self._gain[ti, None] * (measured - state[ti, 4:])  # halves detector jitter
-            state[ti, :4] = boxes_cs[di]
-            self._gain[ti] = 0.5
-            self._last[ti] = f
+            self._update(ti, xyxy[di], f)
+            self._strong[ti] = f
+            matched[ti] = True
             track_of[di] = self._ids[ti]
             if len(di) == len(xyxy):
                 return track_of
@@ -239,6 +358,7 @@ class Tracker:
         self._last = np.concatenate([self._last, np.full(len(new), float(f))])
         self._state = np.concatenate([self._state, np.concatenate([boxes_cs[new], np.zeros((len(new), 2))], axis=1)])
         self._gain = np.concatenate([self._gain, np.ones(len(new))])
+        self._strong = np.concatenate([self._strong, np.full(len(new), float(f))])
         return track_of
 
     def _add(self, tid: int, face: _Face) -> None:
@@ -267,6 +387,8 @@ class Tracker:
     def _final_before(self) -> int:
         """Frames before this one can no longer change: no live track can add a face to them."""
         bound = self._next - self.config.extend  # a track starting at the next frame extends back to here
+        if self._weak:  # ... or reaches back through the weak candidates still unused, then extends
+            bound = min(bound, max(self._next - self.config.bridge, next(iter(self._weak))) - self.config.extend)
         if len(self._last):
             bound = min(bound, int(self._last.min()) + 1)  # a live track may fill a gap or extend after its last face
         for track in self._tracks.values():
@@ -278,6 +400,7 @@ class Tracker:
         out = []
         while self._pending and self._first_pending < before:
             own, added = self._pending.popleft()
+            self._weak.pop(self._first_pending, None)
             self._first_pending += 1
             if not added:
                 out.append(own)
@@ -294,15 +417,20 @@ class Tracker:
 
 
 def track_faces(
-    per_frame: Sequence[Detections], config: TrackerConfig = TrackerConfig()
+    per_frame: Sequence[Detections],
+    config: TrackerConfig = TrackerConfig(),
+    weak: Sequence[Detections] | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> list[Detections]:
     """Assign a track id to every detection of a video and add interpolated faces.
 
     per_frame[i] holds the detections of frame i. See the module docstring for the
     contract; in short: nothing is dropped or changed, gaps <= max_gap are filled,
     tracks are extended by `extend` frames at both ends, added faces come after the
-    frame's own rows with interpolated=True.
+    frame's own rows with interpolated=True. weak[i], if given, holds frame i's weak candidates,
+    which only continue live tracks (while their predicted box centre is inside `frame_size`).
     """
-    tracker = Tracker(config)
-    out = [final for dets in per_frame for final in tracker.push(dets)]
+    tracker = Tracker(config, frame_size)
+    weak = [None] * len(per_frame) if weak is None else weak
+    out = [final for dets, cands in zip(per_frame, weak, strict=True) for final in tracker.push(dets, cands)]
     return out + tracker.finish()
