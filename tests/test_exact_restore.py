@@ -115,13 +115,22 @@ def test_default_h264_output_restores_within_the_encoders_loss(sizes_clip):
     man = inspect_video(result.output)
     frames = synth.read_frames(clip.path)
     w = weights(man, frames[0].shape)
-    got = []
+    height = {t.id: round(t.faces[0].height) for t in man.tracks}
+    restored_px: dict[int, list] = {}
+    anonymized_px: dict[int, list] = {}
     for i, (orig, back, anon) in enumerate(zip(frames, synth.read_frames(restored.output), synth.read_frames(result.output))):
-        faces = sum((v for (_, f), v in w.items() if f == i), np.zeros(frames[0].shape[:2])) > 0
-        got.append((psnr(orig[faces], back[faces]), psnr(orig[faces], anon[faces])))
-    # measured: 47-48 dB restored (H.264 crf 17 of the put-back pixels) against 13-14 dB anonymized
-    assert restored.method == "sealed" and min(g[0] for g in got) >= 40, got
-    assert max(g[1] for g in got) < 25, got
+        for (tid, f), v in w.items():
+            if f == i:
+                face = v > 0
+                restored_px.setdefault(height[tid], []).append(orig[face].astype(np.float64) - back[face])
+                anonymized_px.setdefault(height[tid], []).append(orig[face].astype(np.float64) - anon[face])
+    db = {h: 10 * np.log10(255**2 / np.mean(np.concatenate(d) ** 2)) for h, d in restored_px.items()}
+    before = {h: 10 * np.log10(255**2 / np.mean(np.concatenate(d) ** 2)) for h, d in anonymized_px.items()}
+    # measured, each face's changed pixels over the clip: restored 40.7 dB (29 px face), 41.6 (60 px), 43.4 (123 px),
+    # 43.4 (282 px) — the restored video's H.264 at crf 8, about what re-encoding the input costs — anonymized 12.7-13.5 dB
+    assert restored.method == "sealed"
+    assert all(v >= 40 for v in db.values()), db
+    assert all(v < 25 for v in before.values()), before
 
 
 def test_flip_method_still_restores_without_the_sidecar(lossless, tmp_path):

@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the master key, or the chosen --track(s); a track key restores its one track. "
                                    "Other faces stay anonymized. A wrong key is refused before anything is written. "
                                    "Steps, diffusion schedule, masks and encoding (lossless or crf) come from the "
-                                   "manifest, as the video was made; only the model, device and batch size may be "
+                                   "manifest, as the video was made (a lossy one is restored at crf 8 or better: "
+                                   "restored faces are evidence); only the model, device and batch size may be "
                                    "chosen here. The output is readable by its owner only (mode 0600).")
     p.add_argument("video", metavar="VIDEO", help="anonymized video (its manifest must lie beside it)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
