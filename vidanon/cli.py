@@ -132,6 +132,10 @@ def cmd_anonymize(args) -> int:
     check_output_folder(outdir)
     jobs = folder_run.plan(args.inputs, outdir, cfg, patterns=args.glob, overwrite=args.overwrite)
     resolve_model_name(cfg.model)
+    if cfg.index_identities or args.keep_photo:  # the extra and the photos, before any file
+        from .identity import check_photos
+
+        check_photos(cfg, args.keep_photo or ())
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise InputError(f"{args.report}: the report's folder does not exist")
     if not jobs:
@@ -157,7 +161,8 @@ def cmd_anonymize(args) -> int:
         if job.status != "pending":
             on_file(job)
     try:
-        report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file)
+        report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file,
+                                      keep_photos=args.keep_photo or ())
     except folder_run.BatchInterrupted as stop:
         report = stop.report
         _result(args, report.summary())
@@ -348,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a lossless video's size, docs/benchmarks.md); --no-seal: no sidecar, restoration by the "
                         f"key flip only, approximate (default: {'seal' if D.seal else 'no sidecar'})")
     p.add_argument("--preset", metavar="NAME", help=f"x264 preset (default: {D.preset})")
+    p.add_argument("--index-identities", action=argparse.BooleanOptionalAction, default=None,
+                   help="seal a face-recognition embedding of each track under its own key, for `vidanon find` "
+                        "(a biometric template, made only when asked; needs pip install 'vidanon[identity]') (default: no)")
+    p.add_argument("--keep-photo", action="append", metavar="FILE",
+                   help="leave visible the tracks matching this photo (one face), repeatable: the subject-access case; "
+                        "costs a first pass over each video (default: none)")
+    p.add_argument("--recognizer", choices=("dlib",), help=f"face recognizer (default: {D.recognizer}, CC0 model files)")
     p.add_argument("--config", metavar="FILE", help="YAML settings file (default: none; built-in defaults)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete (default: skip them)")
     p.add_argument("--dry-run", action="store_true", help="list what would be done and skipped; write no video or manifest")
@@ -398,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
     _common(p)
     p.set_defaults(func=cmd_deanonymize)
+
+    from .find import add_command
+
+    add_command(sub, fmt, _common)
 
     p = sub.add_parser("doctor", help="check the installation: GPU, encoders, models", formatter_class=fmt,
                        description="Report versions, GPU, encoders and which models are cached, offline.")
