@@ -27,6 +27,7 @@ from .config import FIELDS, Config, load_config
 from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
 from .errors import InputError, VidanonError
 from .folder_run import plural
+from .options import identity_options
 from .manifest import SUFFIX, inspect_video, open_tracks, video_for
 
 log = logging.getLogger("vidanon")
@@ -132,9 +133,8 @@ def cmd_anonymize(args) -> int:
     check_output_folder(outdir)
     jobs = folder_run.plan(args.inputs, outdir, cfg, patterns=args.glob, overwrite=args.overwrite)
     resolve_model_name(cfg.model)
-    if cfg.index_identities or args.keep_photo:  # the extra and the photos, before any file
+    if cfg.index_identities or args.keep_photo:  # the identity extra and the photos, before any file
         from .identity import check_photos
-
         check_photos(cfg, args.keep_photo or ())
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise InputError(f"{args.report}: the report's folder does not exist")
@@ -353,13 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a lossless video's size, docs/benchmarks.md); --no-seal: no sidecar, restoration by the "
                         f"key flip only, approximate (default: {'seal' if D.seal else 'no sidecar'})")
     p.add_argument("--preset", metavar="NAME", help=f"x264 preset (default: {D.preset})")
-    p.add_argument("--index-identities", action=argparse.BooleanOptionalAction, default=None,
-                   help="seal a face-recognition embedding of each track under its own key, for `vidanon find` "
-                        "(a biometric template, made only when asked; needs pip install 'vidanon[identity]') (default: no)")
-    p.add_argument("--keep-photo", action="append", metavar="FILE",
-                   help="leave visible the tracks matching this photo (one face), repeatable: the subject-access case; "
-                        "costs a first pass over each video (default: none)")
-    p.add_argument("--recognizer", choices=("dlib",), help=f"face recognizer (default: {D.recognizer}, CC0 model files)")
+    identity_options(p)
     p.add_argument("--config", metavar="FILE", help="YAML settings file (default: none; built-in defaults)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete (default: skip them)")
     p.add_argument("--dry-run", action="store_true", help="list what would be done and skipped; write no video or manifest")
@@ -411,8 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_deanonymize)
 
-    from .find import add_command
-
+    from .find import add_command  # `vidanon find`: its module holds its options and its printing
     add_command(sub, fmt, _common)
 
     p = sub.add_parser("doctor", help="check the installation: GPU, encoders, models", formatter_class=fmt,
