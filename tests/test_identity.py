@@ -213,3 +213,14 @@ def test_eval_identity_prints_table_and_one_bit_off_key_does_not_restore(tmp_pat
     for row in r["rows"]:
         assert row["one_bit_off"] >= row["anonymized"] - 0.05, row
         assert row["restored_sealed"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_without_the_extra_or_the_arcface_pack_the_message_says_how(monkeypatch, tmp_path):
+    from vidanon.errors import ModelNotFoundError, VidanonError
+    from vidanon.identity import ArcFaceRecognizer, DlibRecognizer
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # as if vidanon[identity] were not installed
+    with pytest.raises(VidanonError, match=r"pip install 'vidanon\[identity\]'"):
+        DlibRecognizer()
+    with pytest.raises(ModelNotFoundError, match="non-commercial research only"):
+        ArcFaceRecognizer(root=tmp_path, download=False)

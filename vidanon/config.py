@@ -61,7 +61,7 @@ class Config:
             (0 < self.iou_threshold < 1, "iou_threshold must be in (0, 1)"),
             (self.threshold is None or 0 < self.threshold < 1, "threshold must be in (0, 1)"),
             (self.detector in ("centerface", "scrfd"), "detector must be centerface or scrfd"),
-            (self.recognizer in ("dlib",), "recognizer must be dlib"),
+            (self.recognizer in ("dlib", "arcface"), "recognizer must be dlib or arcface"),
             (self.preset in X264_PRESETS, f"preset must be one of {', '.join(X264_PRESETS)}"),
         ]
         for ok, message in checks:

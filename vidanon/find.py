@@ -172,6 +172,8 @@ def add_command(sub, formatter, common) -> None:
     p.add_argument("--photo", action="append", required=True, metavar="FILE",
                    help="a photo showing exactly one face of the person, repeatable")
     p.add_argument("--key-file", required=True, metavar="MASTER", help="the master key file the videos were made with")
+    p.add_argument("--recognizer", choices=("dlib", "arcface"), default="dlib",
+                   help="the recognizer the videos were indexed with (default: dlib)")
     p.add_argument("--top", type=int, default=20, metavar="N", help="list the N closest tracks (default: 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output (default: a table)")
     p.add_argument("--contact-sheet", metavar="PNG",
@@ -186,7 +188,7 @@ def run_command(args) -> int:
     import sys
 
     key = master_for_find(args.key_file)
-    found = find(args.photo, key, args.folders)
+    found = find(args.photo, key, args.folders, recognizer=args.recognizer)
     hits = found.hits[: max(args.top, 0)]
     for note in found.notes:
         print(f"vidanon: note: {note}", file=sys.stderr)

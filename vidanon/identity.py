@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from . import keys
-from .align import crop_face, face_affine
+from .align import crop_face, face_affine, landmarks_in_crop
+from .detect import ARCFACE_LICENCE_NOTE
 from .errors import InputError, VidanonError
 
 INSTALL_HINT = "face recognition needs the identity extra: pip install 'vidanon[identity]'"
@@ -34,14 +35,15 @@ BEST_FACES = 3  # a track's embedding: the mean of its best few original faces (
 
 
 class Recognizer:
-    """A face recognizer: `embed(crop, box)` gives the embedding of the face in a 256² aligned crop (box in
-    crop pixels); two faces are the same person when `distance` is at most `threshold`."""
+    """A face recognizer: `embed(crop, box, landmarks)` gives the embedding of the face in a 256² aligned crop
+    (box and, where known, the 5 landmarks in crop pixels); two faces are the same person when `distance` is at
+    most `threshold`."""
 
     name: str  # recorded in the manifest with the version, so embeddings are only compared with their own kind
     threshold: float  # verification: same person at or below this distance
     keep_threshold: float  # --keep-photo: stricter, since a false match leaves a bystander visible
 
-    def embed(self, crop: np.ndarray, box) -> np.ndarray:
+    def embed(self, crop: np.ndarray, box, landmarks=None) -> np.ndarray:
         raise NotImplementedError
 
     @staticmethod
@@ -71,7 +73,7 @@ class DlibRecognizer(Recognizer):
         self._lock = threading.Lock()  # dlib's net is not documented as thread-safe
         self.name = f"dlib-resnet-v1/dlib-{dlib.__version__}"
 
-    def embed(self, crop: np.ndarray, box) -> np.ndarray:
+    def embed(self, crop: np.ndarray, box, landmarks=None) -> np.ndarray:  # dlib finds its own landmarks in the box
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
         img = np.ascontiguousarray(crop, dtype=np.uint8)
         with self._lock:
@@ -80,7 +82,43 @@ class DlibRecognizer(Recognizer):
             return np.array(self._net.compute_face_descriptor(chip), np.float32)
 
 
-RECOGNIZERS = {"dlib": DlibRecognizer}
+class ArcFaceRecognizer(Recognizer):
+    """insightface's ArcFace (w600k_r50 of the buffalo_l pack, downloaded on first use; non-commercial licence).
+    Embeddings are L2-normalised, so the Euclidean distance is √(2 − 2·cosine). Thresholds: cosine 0.3 for the
+    same person (d ≤ 1.18) and 0.4 to keep (d ≤ 1.10), insightface's usual range; not measured here (no weights
+    in CI)."""
+
+    threshold = 1.18
+    keep_threshold = 1.10
+
+    def __init__(self, pack: str = "buffalo_l", root: Path | None = None, download: bool = True) -> None:
+        from insightface.model_zoo import get_model
+
+        from .detect import insightface_pack
+        from .weights import INSIGHTFACE_ROOT
+
+        pack_dir = insightface_pack(pack, Path(root or INSIGHTFACE_ROOT), download, "ArcFace", ARCFACE_LICENCE_NOTE)
+        files = sorted(pack_dir.glob("w600k*.onnx"))
+        if not files:
+            raise InputError(f"{pack_dir}: no ArcFace model (w600k*.onnx) in this pack")
+        self._model = get_model(str(files[0]), providers=["CPUExecutionProvider"])
+        self._model.prepare(ctx_id=-1)
+        self._lock = threading.Lock()
+        self.name = f"arcface-{files[0].stem}/{pack}"
+
+    def embed(self, crop: np.ndarray, box, landmarks=None) -> np.ndarray:
+        from insightface.utils.face_align import norm_crop
+
+        from .align import landmarks_from_box
+
+        lm = landmarks_from_box(box) if landmarks is None else np.asarray(landmarks, np.float32)
+        chip = norm_crop(np.ascontiguousarray(crop[:, :, ::-1]), lm.astype(np.float32), image_size=112)  # BGR
+        with self._lock:
+            v = self._model.get_feat(chip)[0].astype(np.float32)
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+RECOGNIZERS = {"dlib": DlibRecognizer, "arcface": ArcFaceRecognizer}
 _loaded: dict[str, Recognizer] = {}
 _load_lock = threading.Lock()
 
@@ -102,11 +140,11 @@ def box_in_crop(xyxy, affine: np.ndarray) -> tuple[float, float, float, float]:
     return (*pts.min(0), *pts.max(0))
 
 
-def aligned_face(rgb: np.ndarray, xyxy, landmarks) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """(the 256² FFHQ-aligned crop as uint8, the face box in it): what a recognizer embeds."""
-    affine, _ = face_affine(np.asarray(landmarks), xyxy)
+def aligned_face(rgb: np.ndarray, xyxy, landmarks) -> tuple[np.ndarray, tuple, np.ndarray]:
+    """(the 256² FFHQ-aligned crop as uint8, the face box and the 5 landmarks in it): what a recognizer embeds."""
+    affine, lm = face_affine(np.asarray(landmarks), xyxy)
     crop = np.clip(np.rint(crop_face(rgb, affine)), 0, 255).astype(np.uint8)
-    return crop, box_in_crop(xyxy, affine)
+    return crop, box_in_crop(xyxy, affine), landmarks_in_crop(lm, affine)
 
 
 def mean_embedding(vectors) -> np.ndarray:
@@ -133,8 +171,7 @@ def photo_embedding(path: str | Path, recognizer: Recognizer, detector) -> np.nd
     if len(sure) != 1:
         what = "no face" if len(sure) == 0 else f"{len(sure)} faces"
         raise InputError(f"{path}: {what} found; a photo must show exactly one face (crop it to the person)")
-    crop, box = aligned_face(rgb, dets.xyxy[sure[0]], dets.landmarks[sure[0]])
-    return recognizer.embed(crop, box)
+    return recognizer.embed(*aligned_face(rgb, dets.xyxy[sure[0]], dets.landmarks[sure[0]]))
 
 
 # --- a track's best faces, and its sealed embedding --------------------------------------------
@@ -146,7 +183,7 @@ class BestFaces:
 
     def __init__(self, count: int = BEST_FACES) -> None:
         self.count = count
-        self._best: dict[int, list[tuple[tuple[float, float], np.ndarray, tuple]]] = {}
+        self._best: dict[int, list[tuple[tuple[float, float], tuple]]] = {}  # track -> [(quality, aligned face)]
         self._lock = threading.Lock()
 
     def offer(self, track: int, rgb: np.ndarray, xyxy, landmarks, score: float) -> None:
@@ -155,9 +192,9 @@ class BestFaces:
             best = self._best.setdefault(track, [])
             if len(best) >= self.count and quality <= best[-1][0]:
                 return
-        crop, box = aligned_face(rgb, xyxy, landmarks)  # outside the lock: the crop is the costly part
+        face = aligned_face(rgb, xyxy, landmarks)  # outside the lock: the crop is the costly part
         with self._lock:
-            best.append((quality, crop, box))
+            best.append((quality, face))
             best.sort(key=lambda item: item[0], reverse=True)
             del best[self.count:]
 
@@ -166,7 +203,7 @@ class BestFaces:
 
     def embeddings(self, recognizer: Recognizer) -> dict[int, np.ndarray]:
         """track id -> the mean embedding of its best faces."""
-        return {tid: mean_embedding(recognizer.embed(crop, box) for _, crop, box in self._best[tid]) for tid in self.tracks()}
+        return {tid: mean_embedding(recognizer.embed(*face) for _, face in self._best[tid]) for tid in self.tracks()}
 
 
 def _aad(video_id: bytes, track_id: int) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .config import Config
+from .detect import ARCFACE_LICENCE_NOTE
 
 
 def identity_options(p: argparse.ArgumentParser) -> None:
@@ -15,5 +16,5 @@ def identity_options(p: argparse.ArgumentParser) -> None:
                    "asked; needs pip install 'vidanon[identity]') (default: no)")
     p.add_argument("--keep-photo", action="append", metavar="FILE", help="leave visible the tracks matching this photo "
                    "of one face, repeatable (a subject-access request); costs a first pass over each video (default: none)")
-    p.add_argument("--recognizer", choices=("dlib",), help=f"face recognizer (default: {Config().recognizer}; dlib's "
-                   "ResNet descriptor, CC0 model files)")
+    p.add_argument("--recognizer", choices=("dlib", "arcface"), help="face recognizer: dlib (dlib's ResNet descriptor, "
+                   f"CC0 model files) or arcface; {ARCFACE_LICENCE_NOTE} (default: {Config().recognizer})")
