@@ -30,10 +30,10 @@ from .config import Config
 from .detect import Detections, detect_upright, make_detector
 from .diffusion import make_schedule
 from .errors import InputError, VidanonError
+from .identity import BestFaces, Recognizer, closest, load_recognizer, photo_embedding, seal_identity
 from .manifest import FaceLog, build_header, manifest_path, seal_mask, write_manifest
 from .masks import FaceParser, face_mask, face_parser, paste_alpha
 from .models import latent_numel, load_model
-from .identity import BestFaces, Recognizer, closest, load_recognizer, photo_embedding, seal_identity
 from .records import Face, IdentityScheme, Kept, SealedFile, SealedRef
 from .sealed import ENCODING, SidecarWriter, originals, seal_original, sidecar_path
 from .track import Tracker, TrackerConfig
@@ -120,7 +120,7 @@ def prepare_faces(run: Anonymizing, frame: Frame, dets: Detections) -> list[stag
     for i in range(len(dets)):
         tid = int(dets.track_id[i])
         if run.best is not None:
-            run.best.offer(tid, frame.rgb, dets.xyxy[i], dets.landmarks[i], float(dets.score[i]))
+            run.best.offer(tid, frame.rgb, dets, i)
         affine, lm = face_affine(dets.landmarks[i], dets.xyxy[i])
         if tid in run.kept:  # left as it is; the manifest still says where it was
             run.visible.setdefault(frame.index, []).append((tid, face_record(frame, dets, i, affine, None)))
@@ -151,7 +151,7 @@ def decide_keeps(src: Path, info: VideoInfo, cfg: Config, detector, recognizer: 
     best = BestFaces()
     for frame, dets in paired(read_frames(src, info), (d for d in tracked)):
         for i in range(len(dets)):
-            best.offer(int(dets.track_id[i]), frame.rgb, dets.xyxy[i], dets.landmarks[i], float(dets.score[i]))
+            best.offer(int(dets.track_id[i]), frame.rgb, dets, i)
     embeddings = best.embeddings(recognizer)
     distances = {tid: closest(e, photos, recognizer) for tid, e in embeddings.items()}
     return tracked, embeddings, {tid: d for tid, d in distances.items() if d <= recognizer.keep_threshold}

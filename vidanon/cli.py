@@ -27,8 +27,8 @@ from .config import FIELDS, Config, load_config
 from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
 from .errors import InputError, VidanonError
 from .folder_run import plural
-from .options import identity_options
 from .manifest import SUFFIX, inspect_video, open_tracks, video_for
+from .options import identity_options
 
 log = logging.getLogger("vidanon")
 D = Config()  # the defaults shown in --help

@@ -178,16 +178,19 @@ def photo_embedding(path: str | Path, recognizer: Recognizer, detector) -> np.nd
 
 
 class BestFaces:
-    """The best few original faces of each track as a video streams past (largest, then highest score):
-    a bounded number of 256² crops per track, whatever the video's length. Thread-safe."""
+    """The best few original faces of each track as a video streams past (detected before interpolated, then
+    largest, then highest score): a bounded number of 256² crops per track, whatever the video's length.
+    Thread-safe."""
 
     def __init__(self, count: int = BEST_FACES) -> None:
         self.count = count
-        self._best: dict[int, list[tuple[tuple[float, float], tuple]]] = {}  # track -> [(quality, aligned face)]
+        self._best: dict[int, list[tuple[tuple, tuple]]] = {}  # track -> [(quality, aligned face)]
         self._lock = threading.Lock()
 
-    def offer(self, track: int, rgb: np.ndarray, xyxy, landmarks, score: float) -> None:
-        quality = (round(float(xyxy[3] - xyxy[1])), float(score))
+    def offer(self, track: int, rgb: np.ndarray, dets, i: int) -> None:
+        """Face i of a frame's Detections `dets`, which belongs to `track`."""
+        xyxy, landmarks = dets.xyxy[i], dets.landmarks[i]
+        quality = (not bool(dets.interpolated[i]), round(float(xyxy[3] - xyxy[1])), float(dets.score[i]))
         with self._lock:
             best = self._best.setdefault(track, [])
             if len(best) >= self.count and quality <= best[-1][0]:
