@@ -16,7 +16,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -30,10 +30,11 @@ from .config import Config
 from .detect import Detections, detect_upright, make_detector, split_weak
 from .diffusion import make_schedule
 from .errors import InputError, VidanonError
+from .identity import BestFaces, Recognizer, closest, load_recognizer, photo_embedding, seal_identity
 from .manifest import FaceLog, build_header, manifest_path, seal_mask, write_manifest
 from .masks import FaceParser, face_mask, face_parser, paste_alpha
 from .models import latent_numel, load_model
-from .records import Face, SealedFile, SealedRef
+from .records import Face, IdentityScheme, Kept, SealedFile, SealedRef
 from .sealed import ENCODING, SidecarWriter, originals, seal_original, sidecar_path
 from .track import Tracker, TrackerConfig
 from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
@@ -101,6 +102,9 @@ class Anonymizing:
     parser: FaceParser | None
     feather: int
     seal: bool  # seal each face's original pixels (sealed.py)
+    kept: frozenset[int] = frozenset()  # tracks left visible (--keep-photo): not anonymized, nothing sealed
+    best: BestFaces | None = None  # each track's best original faces, for its identity (--index-identities)
+    visible: dict | None = None  # frame index -> [(track id, Face)] of the kept tracks, for the manifest
 
 
 @dataclass(frozen=True)
@@ -118,16 +122,42 @@ def prepare_faces(run: Anonymizing, frame: Frame, dets: Detections) -> list[stag
     jobs = []
     for i in range(len(dets)):
         tid = int(dets.track_id[i])
-        tkey = keys.track_key(run.master, run.video_id, tid)
+        if run.best is not None:
+            run.best.offer(tid, frame.rgb, dets, i)
         affine, lm = face_affine(dets.landmarks[i], dets.xyxy[i])
+        if tid in run.kept:  # left as it is; the manifest still says where it was
+            run.visible.setdefault(frame.index, []).append((tid, face_record(frame, dets, i, affine, None)))
+            continue
+        tkey = keys.track_key(run.master, run.video_id, tid)
         crop = crop_face(frame.rgb, affine)
         mask, method = face_mask(crop, landmarks_in_crop(lm, affine), run.parser)
-        face = Face(frame=frame.index, pts=frame.pts, affine=tuple(tuple(row) for row in affine.tolist()),
-                    box=tuple(round(float(v), 2) for v in dets.xyxy[i]), score=round(float(dets.score[i]), 4),
-                    interpolated=bool(dets.interpolated[i]), sealed=seal_mask(tkey, run.video_id, tid, frame.index, mask))
+        face = face_record(frame, dets, i, affine, seal_mask(tkey, run.video_id, tid, frame.index, mask))
         jobs.append(stages.FaceJob(tid, keys.flip_signs(tkey, run.latent_numel), affine, crop.astype(np.float32), mask,
                                    paste_alpha(mask, feather=run.feather), Prepared(face, method)))
     return seal_originals(run, frame, jobs) if run.seal else jobs
+
+
+def face_record(frame: Frame, dets: Detections, i: int, affine: np.ndarray, sealed: str | None) -> Face:
+    return Face(frame=frame.index, pts=frame.pts, affine=tuple(tuple(row) for row in affine.tolist()),
+                box=tuple(round(float(v), 2) for v in dets.xyxy[i]), score=round(float(dets.score[i]), 4),
+                interpolated=bool(dets.interpolated[i]), sealed=sealed)
+
+
+def decide_keeps(src: Path, info: VideoInfo, cfg: Config, detector, recognizer: Recognizer, photos: list[np.ndarray],
+                 progress: bool) -> tuple[list[Detections], dict[int, np.ndarray], dict[int, float]]:
+    """--keep-photo: a track must be decided before any of its faces is written, so a first pass reads the
+    whole video (detect and track, then each track's best faces). Returns every frame's faces, each track's
+    embedding, and the tracks to keep with their distance to the closest photo: those within the
+    recognizer's keep threshold, stricter than its verification threshold (a false match leaves a bystander
+    visible)."""
+    tracked = list(detect_and_track(src, info, cfg, detector, progress))
+    best = BestFaces()
+    for frame, dets in paired(read_frames(src, info), (d for d in tracked)):
+        for i in range(len(dets)):
+            best.offer(int(dets.track_id[i]), frame.rgb, dets, i)
+    embeddings = best.embeddings(recognizer)
+    distances = {tid: closest(e, photos, recognizer) for tid, e in embeddings.items()}
+    return tracked, embeddings, {tid: d for tid, d in distances.items() if d <= recognizer.keep_threshold}
 
 
 def seal_originals(run: Anonymizing, frame: Frame, jobs: list[stages.FaceJob]) -> list[stages.FaceJob]:
@@ -149,11 +179,13 @@ def anonymize_video(
     model=None,
     detector=None,
     progress: bool = True,
+    keep_photos: Sequence[str | os.PathLike] = (),
 ) -> stages.Result:
     """Anonymize every face of `src` into `dst`, with the manifest `<dst stem>.vidanon.json` beside it.
 
     key: the master key (bytes) or the path of a key file. `model`/`detector` may be passed in to
-    reuse them across files. Everything is checked before anything is written, and nothing is written
+    reuse them across files. `keep_photos`: tracks matching any of these photos stay visible (identity.py;
+    costs a first pass over the video). Everything is checked before anything is written, and nothing is written
     under `dst` or its manifest's name unless the run completes.
     """
     t0 = time.monotonic()
@@ -169,11 +201,18 @@ def anonymize_video(
     if model.device.type == "cuda" and getattr(detector, "on_gpu", True) is False:
         stages.warn_once("face detection runs on the CPU while the diffusion core runs on the GPU, and will likely hold "
                          "it back: install onnxruntime-gpu (pip install 'vidanon[gpu]') for detection on the GPU")
+    recognizer = load_recognizer(cfg.recognizer) if cfg.index_identities or keep_photos else None
+    photos = [photo_embedding(p, recognizer, detector) for p in keep_photos]
     schedule = make_schedule(model.scheduler_config, cfg.steps)  # once per run
     stages.check_output_folder(dst.parent)
 
     stages.make_output_folder(dst.parent)
-    run = Anonymizing(master, secrets.token_bytes(16), latent_numel(model), parser, cfg.feather, cfg.seal)
+    embeddings, kept, pass1 = None, {}, None
+    if photos:
+        pass1, embeddings, kept = decide_keeps(src, info, cfg, detector, recognizer, photos, progress)
+    best = BestFaces() if cfg.index_identities and embeddings is None else None
+    run = Anonymizing(master, secrets.token_bytes(16), latent_numel(model), parser, cfg.feather, cfg.seal,
+                      frozenset(kept), best, {})
     frames = faces = 0
     mask_methods: set[str] = set()
     with FaceLog(dst.parent) as log, contextlib.ExitStack() as sealing:  # faces on disk until the manifest is written
@@ -181,7 +220,8 @@ def anonymize_video(
         with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer, \
                 tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
-            tracked = stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
+            tracked = (d for d in pass1) if pass1 is not None else \
+                stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
             work = paired(read_frames(src, info), tracked)
             batch = stages.batch_size(cfg.batch_size, model)
             written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer)
@@ -193,10 +233,16 @@ def anonymize_video(
                             face = replace(face, original=SealedRef(*sidecar.add(job.record.original)))
                         log.add(job.track, face)
                         mask_methods.add(job.record.mask_method)
+                    for index in range(frames, frames + n):  # the kept tracks' faces of these frames
+                        for tid, face in run.visible.pop(index, ()):
+                            log.add(tid, face)
                     frames, faces = frames + n, faces + len(jobs)
                     bar.update(n)
             writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
         header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
+        if recognizer is not None:
+            header = replace(header, identity=IdentityScheme(recognizer.name, recognizer.threshold))
+            record_identities(log, run, embeddings if best is None else best.embeddings(recognizer), kept, cfg.index_identities)
         if sidecar is not None:  # then the sidecar; the manifest commits to its size and digest
             index = sidecar.close()
             header = replace(header, originals=SealedFile(sidecar.path.name, index.size, index.sha256, ENCODING))
@@ -205,3 +251,16 @@ def anonymize_video(
         if sidecar is None:  # a redo without sealing: an older run's sidecar no longer belongs to this output
             sidecar_path(dst).unlink(missing_ok=True)
         return stages.Result(src, dst, mpath, frames, faces, len(log.track_ids()), time.monotonic() - t0)
+
+
+def record_identities(log: FaceLog, run: Anonymizing, embeddings: dict[int, np.ndarray], kept: dict[int, float],
+                      index: bool) -> None:
+    """Each track's identity embedding sealed under its own key (only when asked: a biometric template is not
+    made otherwise), and which tracks were kept visible and how close they were to a photo (not the photo)."""
+    present = set(log.track_ids())
+    for tid, embedding in embeddings.items():
+        if index and tid in present:
+            log.annotate(tid, identity=seal_identity(keys.track_key(run.master, run.video_id, tid), run.video_id, tid, embedding))
+    for tid, distance in kept.items():
+        if tid in present:
+            log.annotate(tid, kept=Kept(round(float(distance), 4)))

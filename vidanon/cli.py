@@ -28,6 +28,7 @@ from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
 from .errors import InputError, VidanonError
 from .folder_run import plural
 from .manifest import SUFFIX, inspect_video, open_tracks, video_for
+from .options import identity_options
 
 log = logging.getLogger("vidanon")
 D = Config()  # the defaults shown in --help
@@ -132,6 +133,9 @@ def cmd_anonymize(args) -> int:
     check_output_folder(outdir)
     jobs = folder_run.plan(args.inputs, outdir, cfg, patterns=args.glob, overwrite=args.overwrite)
     resolve_model_name(cfg.model)
+    if cfg.index_identities or args.keep_photo:  # the identity extra and the photos, before any file
+        from .identity import check_photos
+        check_photos(cfg, args.keep_photo or ())
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise InputError(f"{args.report}: the report's folder does not exist")
     if not jobs:
@@ -157,7 +161,8 @@ def cmd_anonymize(args) -> int:
         if job.status != "pending":
             on_file(job)
     try:
-        report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file)
+        report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file,
+                                      keep_photos=args.keep_photo or ())
     except folder_run.BatchInterrupted as stop:
         report = stop.report
         _result(args, report.summary())
@@ -360,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a lossless video's size, docs/benchmarks.md); --no-seal: no sidecar, restoration by the "
                         f"key flip only, approximate (default: {'seal' if D.seal else 'no sidecar'})")
     p.add_argument("--preset", metavar="NAME", help=f"x264 preset (default: {D.preset})")
+    identity_options(p)
     p.add_argument("--config", metavar="FILE", help="YAML settings file (default: none; built-in defaults)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete (default: skip them)")
     p.add_argument("--dry-run", action="store_true", help="list what would be done and skipped; write no video or manifest")
@@ -411,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
     _common(p)
     p.set_defaults(func=cmd_deanonymize)
+
+    from .find import add_command  # `vidanon find`: its module holds its options and its printing
+    add_command(sub, fmt, _common)
 
     p = sub.add_parser("doctor", help="check the installation: GPU, encoders, models", formatter_class=fmt,
                        description="Report versions, GPU, encoders and which models are cached, offline.")

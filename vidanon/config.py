@@ -45,6 +45,8 @@ class Config:
     crf: int = 17  # H.264 quality when not lossless (17 ≈ visually lossless)
     preset: str = "medium"  # x264 preset
     seal: bool = True  # seal each face's original pixels under its track key (<stem>.vidanon.sealed): exact restoration
+    index_identities: bool = False  # seal an identity embedding per track in the manifest, for `vidanon find`
+    recognizer: str = "dlib"  # face recognizer of --index-identities and --keep-photo (identity.py)
 
     def __post_init__(self):
         for f in fields(self):  # YAML gives strings, floats and bools where ints are meant: say so early
@@ -63,6 +65,7 @@ class Config:
             (0 < self.floor < 1, "floor must be in (0, 1)"),
             (self.bridge >= 0, "bridge must be >= 0"),
             (self.detector in ("centerface", "scrfd"), "detector must be centerface or scrfd"),
+            (self.recognizer in ("dlib", "arcface"), "recognizer must be dlib or arcface"),
             (self.preset in X264_PRESETS, f"preset must be one of {', '.join(X264_PRESETS)}"),
         ]
         for ok, message in checks:
@@ -81,7 +84,7 @@ FIELDS = {f.name for f in fields(Config)}
 # The settings that change what an output looks like (not batch_size, device, compile: those change only
 # how fast it is made). A rerun redoes a file whose manifest recorded other values.
 OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "floor", "bridge", "min_face", "mask", "feather", "max_gap",
-                   "extend", "iou_threshold", "lossless", "crf", "preset", "seal")
+                   "extend", "iou_threshold", "lossless", "crf", "preset", "seal", "index_identities")
 
 
 def changed_settings(recorded: dict, cfg: Config) -> list[str]:

@@ -44,6 +44,8 @@ __all__ = [
     "CenterFaceDetector",
     "ScrfdDetector",
     "SCRFD_LICENCE_NOTE",
+    "ARCFACE_LICENCE_NOTE",
+    "insightface_pack",
     "DETECTOR_NAMES",
     "onnx_providers",
     "detect_upright",
@@ -51,6 +53,8 @@ __all__ = [
     "split_weak",
 ]
 
+ARCFACE_LICENCE_NOTE = ("ArcFace weights come from insightface model packs (buffalo_l), which are licensed for "
+                        "non-commercial research purposes only; use 'dlib' (CC0 model files) otherwise.")
 SCRFD_LICENCE_NOTE = (
     "SCRFD weights come from insightface model packs (buffalo_l, buffalo_sc), which "
     "are licensed for non-commercial research purposes only; use 'centerface' (MIT) otherwise."
@@ -311,21 +315,7 @@ class ScrfdDetector(_PyramidDetector):
     ) -> None:
         super().__init__(self.default_threshold if threshold is None else threshold, min_face, floor)
         root = Path(root).expanduser() if root is not None else INSIGHTFACE_ROOT
-        pack_dir = root / "models" / pack
-        if not sorted(pack_dir.glob("*.onnx")) and download:
-            log.warning("downloading insightface pack %s into %s. %s", pack, pack_dir, SCRFD_LICENCE_NOTE)
-            try:
-                from insightface.utils.storage import download as fetch_pack
-
-                fetch_pack("models", pack, force=True, root=str(root))
-            except Exception as exc:  # network, HTTP, bad zip: all end in the same advice below
-                log.warning("could not download %s (%s)", pack, (str(exc).strip().splitlines() or [""])[0])
-        if not sorted(pack_dir.glob("*.onnx")):
-            raise ModelNotFoundError(
-                f"SCRFD weights not found in {pack_dir} and could not be downloaded: download {pack}.zip from the "
-                f"insightface model zoo (https://github.com/deepinsight/insightface/releases/tag/model-zoo) and unzip "
-                f"it there; licence: non-commercial research only"
-            )
+        pack_dir = insightface_pack(pack, root, download, "SCRFD", SCRFD_LICENCE_NOTE)
         from insightface.app import FaceAnalysis
 
         providers = onnx_providers(device)
@@ -351,6 +341,26 @@ class ScrfdDetector(_PyramidDetector):
 
 
 # --------------------------------------------------------------------------- #
+
+
+def insightface_pack(pack: str, root: Path, download: bool, what: str, note: str) -> Path:
+    """The folder of an insightface model pack, downloaded on first use (saying its licence, `note`)."""
+    pack_dir = root / "models" / pack
+    if not sorted(pack_dir.glob("*.onnx")) and download:
+        log.warning("downloading insightface pack %s into %s. %s", pack, pack_dir, note)
+        try:
+            from insightface.utils.storage import download as fetch_pack
+
+            fetch_pack("models", pack, force=True, root=str(root))
+        except Exception as exc:  # network, HTTP, bad zip: all end in the same advice below
+            log.warning("could not download %s (%s)", pack, (str(exc).strip().splitlines() or [""])[0])
+    if not sorted(pack_dir.glob("*.onnx")):
+        raise ModelNotFoundError(
+            f"{what} weights not found in {pack_dir} and could not be downloaded: download {pack}.zip from the "
+            f"insightface model zoo (https://github.com/deepinsight/insightface/releases/tag/model-zoo) and unzip "
+            f"it there; licence: non-commercial research only"
+        )
+    return pack_dir
 
 
 def detect_upright(detector: Detector, rgb: np.ndarray, rotation: int) -> Detections:

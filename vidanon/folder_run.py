@@ -368,6 +368,7 @@ def run_batch(
     detector=None,
     progress: bool = True,
     on_file: Callable[[FileJob], None] | None = None,
+    keep_photos: Sequence[str | os.PathLike] = (),
 ) -> Report:
     """Anonymize the pending jobs in order, loading the model and detector once (only if there is work).
 
@@ -401,7 +402,7 @@ def run_batch(
                     job.status, job.reason = "skipped", "done meanwhile by another vidanon run"
                 else:
                     _run_job(job, lambda: anonymize_video(job.input, job.output, key, config, model=model,
-                                                          detector=detector, progress=progress))
+                                                          detector=detector, progress=progress, keep_photos=keep_photos))
             current = None
             bar.update()
             if on_file:

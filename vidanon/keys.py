@@ -31,6 +31,7 @@ TRACK_INFO = b"vidanon/track/v1/"
 FLIP_INFO = b"vidanon/flip/v1"
 SEAL_INFO = b"vidanon/seal/v1"
 ORIGINAL_INFO = b"vidanon/original/v1"  # original face pixels (sealed originals)
+IDENTITY_INFO = b"vidanon/identity/v1"  # a track's identity embedding (--index-identities)
 MAC_INFO = b"vidanon/manifest-mac/v1"
 KEY_CHECK_INFO = b"vidanon/key-check/v1"
 HEADER_MAC_INFO = b"vidanon/manifest-header-mac/v1"

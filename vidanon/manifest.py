@@ -31,7 +31,7 @@ import numpy as np
 from . import keys
 from .atomic import atomic_file
 from .errors import InputError, ManifestAlteredError, WrongKeyError
-from .records import FORMAT, READABLE, VERSION, EncoderFacts, Face, Header, KeyCheck, Malformed, ModelFacts, Track, VideoFacts
+from .records import FORMAT, READABLE, VERSION, EncoderFacts, Face, Header, KeyCheck, Kept, Malformed, ModelFacts, Track, VideoFacts
 
 SUFFIX = ".vidanon.json"
 
@@ -270,6 +270,7 @@ class FaceLog:
         self._size = 0
         self._spans: dict[int, array] = {}  # track id -> offset, length, offset, length, ... in the file
         self._ends: dict[int, tuple[Face, Face]] = {}  # track id -> its first and last face
+        self._extra: dict[int, dict] = {}  # track id -> its sealed identity and kept record, where it has them
 
     def add(self, track_id: int, face: Face) -> None:
         data = canonical(face.to_json())
@@ -282,10 +283,15 @@ class FaceLog:
     def track_ids(self) -> list[int]:
         return sorted(self._spans)
 
+    def annotate(self, track_id: int, *, identity: str | None = None, kept: Kept | None = None) -> None:
+        """Record a track's sealed identity embedding and/or that it was kept visible (identity.py)."""
+        self._extra.setdefault(track_id, {}).update({k: v for k, v in (("identity", identity), ("kept", kept)) if v is not None})
+
     def summary(self, track_id: int, tkey: bytes) -> dict:
         """The track's fields besides its faces and MAC."""
         first, last = self._ends[track_id]
-        return Track(track_id, first.frame, last.frame, first.pts, last.pts, (), "", keys.key_check(tkey)).summary_json()
+        return Track(track_id, first.frame, last.frame, first.pts, last.pts, (), "", keys.key_check(tkey),
+                     **self._extra.get(track_id, {})).summary_json()
 
     def faces(self, track_id: int) -> Iterator[bytes]:
         """The track's face entries, each in canonical JSON."""

@@ -112,7 +112,7 @@ class Face:
 
 @dataclass(frozen=True)
 class Kept:
-    """A track left visible on purpose (keep-photo; not written yet): how close it was to the photo."""
+    """A track left visible on purpose (anonymize --keep-photo): how close it was to the photo."""
 
     distance: float
 
@@ -225,7 +225,8 @@ class SealedFile:
 
 @dataclass(frozen=True)
 class IdentityScheme:
-    """v2, identities (not written yet): the recognizer whose embeddings Track.identity seals."""
+    """v2, identities (--index-identities, --keep-photo): the recognizer whose embeddings Track.identity seals,
+    and its same-person distance."""
 
     recognizer: str
     threshold: float

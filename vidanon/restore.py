@@ -165,7 +165,7 @@ def deanonymize_video(
         else:
             restore = flip_restorer(src, man, tkeys, config or restore_config(
                 man.header.config, model=model_name, device=device, batch_size=batch_size, compile=compile), model)
-        by_frame = man.faces_by_frame(tkeys)
+        by_frame = man.faces_by_frame([t for t in tkeys if man.track(t).kept is None])  # kept tracks were never changed
         stages.check_output_folder(dst.parent)
         stages.make_output_folder(dst.parent)
         h = man.header
