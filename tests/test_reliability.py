@@ -319,3 +319,20 @@ def test_a_still_image_named_mp4_is_refused_unless_asked(tmp_path):
                            still_images=True)
     assert done.frames == 1
     assert not probe(synth.no_face_clip(tmp_path / "v.mp4", frames=2).path).still
+
+
+def test_refusing_to_replace_works_without_hard_links(tmp_path, monkeypatch):
+    """Outputs that must not replace a finished file (keys, restores without --overwrite) are renamed by a hard
+    link where the file system has them; a USB stick's exFAT has none, and still gets the file."""
+    import os
+
+    from vidanon.atomic import write_atomic
+
+    def no_links(src, dst):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), src)
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_atomic(tmp_path / "k", b"one", replace=False)
+    with pytest.raises(FileExistsError):
+        write_atomic(tmp_path / "k", b"two", replace=False)
+    assert (tmp_path / "k").read_bytes() == b"one" and os.listdir(tmp_path) == ["k"]

@@ -8,6 +8,7 @@ kept so that a muxer still recognises the container), so `stale_temps` can find 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import tempfile
@@ -53,8 +54,16 @@ def commit(tmp: Path, path: str | os.PathLike, *, replace: bool = True) -> None:
         return
     try:
         os.link(tmp, path)  # fails if `path` exists
-    finally:
+    except FileExistsError:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError:  # a file system without hard links (FAT, exFAT, some network shares): a narrow window
+        if os.path.lexists(path):
+            Path(tmp).unlink(missing_ok=True)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    Path(tmp).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
