@@ -340,6 +340,26 @@ def make_clip(
     return Clip(path, width, height, fps, frames, gt, audio, movers, bg, night)
 
 
+def reencode(src: Path, dst: Path, crf: int, tags: dict | None = None, frames: int | None = None) -> Path:
+    """A user's re-encode of `src`: decoded, libx264 at `crf` (yuv420p), the first `frames` frames (default all),
+    no metadata carried over unless `tags` (MP4 then keeps them with movflags=use_metadata_tags)."""
+    options = {"movflags": "use_metadata_tags"} if tags and dst.suffix == ".mp4" else {}
+    with av.open(str(src)) as i, av.open(str(dst), "w", options=options) as o:
+        o.metadata.update(tags or {})
+        s_in = i.streams.video[0]
+        s = o.add_stream("libx264", rate=s_in.average_rate or 25, options={"crf": str(crf), "preset": "veryfast"})
+        s.width, s.height, s.pix_fmt = s_in.width, s_in.height, "yuv420p"
+        s.time_base = s.codec_context.time_base = s_in.time_base
+        for k, frame in enumerate(i.decode(s_in)):
+            if frames is not None and k >= frames:
+                break
+            f = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24").reformat(format="yuv420p")
+            f.pts, f.time_base = frame.pts, s_in.time_base
+            o.mux(s.encode(f))
+        o.mux(s.encode(None))
+    return dst
+
+
 def read_frames(path: str | Path) -> list[np.ndarray]:
     """Decode every video frame of `path` as RGB uint8, in display order."""
     with av.open(str(path)) as f:

@@ -33,3 +33,13 @@ def test_package_docstrings_point_at_the_docs_in_the_project():
         assert "DESIGN.md" not in text and "DESIGN §" not in text, module.name
         for doc in re.findall(r"docs/[\w.]+\.md", text):
             assert (ROOT / doc).is_file(), (module.name, doc)
+
+
+def test_every_test_reliability_md_names_exists():
+    """docs/reliability.md says which test holds each promise: each of them must exist."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(?:(test_\w+)\.py::)?(test_\w+)(?:\[[^\]]*\])?`", text)
+    assert len(named) > 15
+    for module, name in named:
+        source = (ROOT / "tests" / f"{module or 'test_reliability'}.py").read_text()
+        assert f"def {name}(" in source, (module, name)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import keys, stages
+from . import binding, keys, stages
 from .align import crop_face, face_affine, landmarks_in_crop, paste_weights
 from .config import Config
 from .detect import Detections, detect_upright, make_detector, split_weak
@@ -160,6 +160,13 @@ def decide_keeps(src: Path, info: VideoInfo, cfg: Config, detector, recognizer: 
     return tracked, embeddings, {tid: d for tid, d in distances.items() if d <= recognizer.keep_threshold}
 
 
+def fingerprint_faces(rgb: np.ndarray, jobs: list[stages.FaceJob]) -> None:
+    """Each face's fingerprint as written (binding.py): the anonymized pixels handed to the encoder."""
+    for job in jobs:
+        face = job.record.face
+        job.record = replace(job.record, face=replace(face, fingerprint=binding.fingerprint(rgb, face.box)))
+
+
 def seal_originals(run: Anonymizing, frame: Frame, jobs: list[stages.FaceJob]) -> list[stages.FaceJob]:
     """Seal each face's own original pixels: those its paste will change, less those another face of this
     frame weighs more (sealed.originals), so a track key never opens another person's pixels."""
@@ -180,18 +187,23 @@ def anonymize_video(
     detector=None,
     progress: bool = True,
     keep_photos: Sequence[str | os.PathLike] = (),
+    still_images: bool = False,
 ) -> stages.Result:
     """Anonymize every face of `src` into `dst`, with the manifest `<dst stem>.vidanon.json` beside it.
 
     key: the master key (bytes) or the path of a key file. `model`/`detector` may be passed in to
     reuse them across files. `keep_photos`: tracks matching any of these photos stay visible (identity.py;
     costs a first pass over the video). Everything is checked before anything is written, and nothing is written
-    under `dst` or its manifest's name unless the run completes.
+    under `dst` or its manifest's name unless the run completes. A still image (a PNG named .mp4) is refused
+    unless `still_images`: then it is anonymized as a one-frame video.
     """
     t0 = time.monotonic()
     src, dst, cfg = Path(src), Path(dst), config
     master = master_key(key)
     info = probe(src)
+    if info.still and not still_images:
+        raise InputError(f"{src}: is a still image, not a video (whatever its name says); pass --still-images to "
+                         "anonymize it as a one-frame video")
     if dst.resolve() == src.resolve():
         raise InputError(f"{dst}: the output would overwrite the input")
     model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
@@ -217,14 +229,15 @@ def anonymize_video(
     mask_methods: set[str] = set()
     with FaceLog(dst.parent) as log, contextlib.ExitStack() as sealing:  # faces on disk until the manifest is written
         sidecar = sealing.enter_context(SidecarWriter(sidecar_path(dst))) if cfg.seal else None
-        with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset) as writer, \
+        with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset,
+                         tags={binding.TAG: run.video_id.hex()}) as writer, \
                 tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
             tracked = (d for d in pass1) if pass1 is not None else \
                 stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
             work = paired(read_frames(src, info), tracked)
             batch = stages.batch_size(cfg.batch_size, model)
-            written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer)
+            written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer, fingerprint_faces)
             with contextlib.closing(written):  # however this ends, every stage thread stops
                 for n, jobs in written:
                     for job in jobs:  # in frame order, so each track's faces are too
@@ -240,6 +253,7 @@ def anonymize_video(
                     bar.update(n)
             writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
         header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
+        header = replace(header, binding=binding.BINDING)
         if recognizer is not None:
             header = replace(header, identity=IdentityScheme(recognizer.name, recognizer.threshold))
             record_identities(log, run, embeddings if best is None else best.embeddings(recognizer), kept, cfg.index_identities)

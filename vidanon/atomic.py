@@ -8,12 +8,18 @@ kept so that a muxer still recognises the container), so `stale_temps` can find 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking between parallel runs
+    fcntl = None
 
 
 def temp_beside(path: str | os.PathLike, mode: int | None = None) -> Path:
@@ -48,8 +54,16 @@ def commit(tmp: Path, path: str | os.PathLike, *, replace: bool = True) -> None:
         return
     try:
         os.link(tmp, path)  # fails if `path` exists
-    finally:
+    except FileExistsError:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError:  # a file system without hard links (FAT, exFAT, some network shares): a narrow window
+        if os.path.lexists(path):
+            Path(tmp).unlink(missing_ok=True)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    Path(tmp).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -71,3 +85,36 @@ def atomic_file(path: str | os.PathLike, *, mode: int | None = None, replace: bo
 def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None, replace: bool = True) -> None:
     with atomic_file(path, mode=mode, replace=replace) as f:
         f.write(data)
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike) -> Iterator[bool]:
+    """Whether this process may write `path` now: False while another vidanon run holds it.
+
+    The lock is a flock on a hidden `.<name>.lock` beside `path` (its folder must exist), removed at
+    the end; the kernel releases it whenever the holder dies, so a killed run never blocks the next."""
+    lock = lock_path(path)
+    try:
+        f = open(lock, "a") if fcntl is not None else None
+    except OSError:  # an unusable folder: writing the output itself will say so
+        f = None
+    if f is None:
+        yield True
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A run that has just finished removes the file: a lock on the removed file protects nothing.
+            ours = os.path.samestat(os.fstat(f.fileno()), os.stat(lock))
+        except (BlockingIOError, FileNotFoundError):
+            ours = False
+        try:
+            yield ours
+        finally:
+            if ours:
+                lock.unlink(missing_ok=True)

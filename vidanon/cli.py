@@ -25,7 +25,7 @@ from pathlib import Path
 from . import __version__, folder_run, keys
 from .config import FIELDS, Config, load_config
 from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
-from .errors import InputError, VidanonError
+from .errors import InputError, VidanonError, os_error
 from .folder_run import plural
 from .manifest import SUFFIX, inspect_video, open_tracks, video_for
 from .options import identity_options
@@ -136,8 +136,8 @@ def cmd_anonymize(args) -> int:
     if cfg.index_identities or args.keep_photo:  # the identity extra and the photos, before any file
         from .identity import check_photos
         check_photos(cfg, args.keep_photo or ())
-    if args.report and not Path(args.report).resolve().parent.is_dir():
-        raise InputError(f"{args.report}: the report's folder does not exist")
+    if args.report:  # a report that cannot be written fails now, not after all the work
+        folder_run.Report.check_path(args.report)
     if not jobs:
         log.warning("no video files found in %s (looked for %s)", ", ".join(args.inputs),
                     " ".join(args.glob or folder_run.DEFAULT_PATTERNS))
@@ -162,7 +162,7 @@ def cmd_anonymize(args) -> int:
             on_file(job)
     try:
         report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file,
-                                      keep_photos=args.keep_photo or ())
+                                      keep_photos=args.keep_photo or (), still_images=args.still_images)
     except folder_run.BatchInterrupted as stop:
         report = stop.report
         _result(args, report.summary())
@@ -182,8 +182,9 @@ def cmd_inspect(args) -> int:
     rows = track_rows(man)
     h = man.header
     if args.json:
-        print(json.dumps({"video": str(video), "video_id": h.video_id.hex(), **h.video.to_json(),
-                          "model": h.model.name, "steps": h.steps, "tracks": rows}, indent=2))
+        print(json.dumps({"video": str(video), "video_id": h.video_id.hex(), **h.video.to_json(), "model": h.model.name,
+                          "steps": h.steps, "checked": "structure and track list; authenticity needs the key",
+                          "tracks": rows}, indent=2))
     else:
         v = h.video
         print(f"{video}: {v.width}x{v.height}, {plural(v.frames, 'frame')}, {plural(len(rows), 'track')}; "
@@ -194,6 +195,7 @@ def cmd_inspect(args) -> int:
         widths = [max(len(r[i]) for r in table) for i in range(5)]
         for r in table:
             print("  ".join(c.rjust(w) if i in (0, 3) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        print("(structure and track list checked; authenticity needs the key: deanonymize and export-key check it)")
     if args.contact_sheet:
         if not video.is_file():
             raise InputError(f"{video}: the anonymized video is needed for a contact sheet; pass the video, not its manifest")
@@ -370,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete (default: skip them)")
     p.add_argument("--dry-run", action="store_true", help="list what would be done and skipped; write no video or manifest")
     p.add_argument("--report", metavar="FILE", help="also write the summary as JSON to FILE (default: none)")
+    p.add_argument("--still-images", action="store_true",
+                   help="anonymize a still image (PNG, JPEG) as a one-frame video (default: refuse it)")
     _common(p)
     p.set_defaults(func=cmd_anonymize)
 
@@ -458,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `vidanon ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:  # disk full, permissions: the file and the cause, on one line (-v: the traceback)
+        if verbose:
+            traceback.print_exc()
+        _err(os_error(e, getattr(args, "output", None) or "vidanon"))
         return 1
     except Exception as e:
         if verbose:

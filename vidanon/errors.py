@@ -23,3 +23,9 @@ class WrongKeyError(VidanonError):
 
 class ModelNotFoundError(VidanonError):
     """Model weights that are neither on disk nor reachable."""
+
+
+def os_error(e: OSError, where) -> str:
+    """One line for an OS error (disk full, permission, a folder gone): the file it concerns, and the cause.
+    `where`: the file or folder being written, named when the error itself names none."""
+    return f"{e.filename or where}: {e.strerror or e}"

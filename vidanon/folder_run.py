@@ -35,17 +35,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .atomic import stale_temps, write_atomic
+from .atomic import claim, stale_temps, temp_beside, write_atomic
 from .config import Config, changed_settings
-from .errors import InputError, VidanonError
+from .errors import InputError, VidanonError, os_error
 from .manifest import manifest_path, read_header
 from .sealed import sidecar_path
 from .video import output_suffix
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locking between parallel runs
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +94,15 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
-                patterns: Sequence[str] | None = None) -> list[tuple[Path, Path]]:
+                patterns: Sequence[str] | None = None, unreadable: list[tuple[Path, str]] | None = None
+                ) -> list[tuple[Path, Path]]:
     """(video, its path relative to outdir) for every input file and every matching file under input folders.
 
     Folders are walked recursively in sorted order; hidden files and folders (names starting with
     '.', which is also where partial outputs live) are left out. A file named on the command line is
     taken whatever its extension. Raises InputError when an input is missing, or when `outdir` is or
     lies inside an input folder (a later run would anonymize the anonymized files) or holds an input.
+    A folder that cannot be read is appended to `unreadable` as (folder, reason), never skipped in silence.
     """
     patterns = tuple(patterns or DEFAULT_PATTERNS)
     out_root = Path(outdir).resolve()
@@ -128,7 +125,11 @@ def find_videos(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike,
             if out_root.is_relative_to(item.resolve()):
                 raise InputError(f"{outdir}: the output folder lies inside the input folder {item}; a later run "
                                  "would anonymize the anonymized files: choose an -o outside it")
-            for folder, subfolders, names in os.walk(item):
+            def skipped(e: OSError) -> None:
+                if unreadable is not None:
+                    unreadable.append((Path(e.filename or item), f"cannot read this folder ({e.strerror or e})"))
+
+            for folder, subfolders, names in os.walk(item, onerror=skipped):
                 # Pruning in place keeps os.walk out of hidden folders.
                 subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
                 for name in sorted(names):
@@ -155,10 +156,11 @@ def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, config:
     a.vidanon.json) are not guessed apart: the later one fails with a reason.
     """
     outdir = Path(outdir)
-    videos = find_videos(inputs, outdir, patterns)
+    unreadable: list[tuple[Path, str]] = []
+    videos = find_videos(inputs, outdir, patterns, unreadable)
     input_paths = {src.resolve() for src, _ in videos}
     taken: dict[Path, FileJob] = {}
-    jobs = []
+    jobs = [FileJob(folder, outdir, status="failed", reason=f"{folder}: {why}") for folder, why in unreadable]
     for src, rel in videos:
         out = outdir / rel.with_suffix(output_suffix(src, config.lossless))
         job = FileJob(src, out, overwrite=overwrite, seen=_stat(out))
@@ -202,29 +204,13 @@ def _stat(path: Path) -> tuple | None:
 
 @contextlib.contextmanager
 def _claimed(job: FileJob) -> Iterator[bool]:
-    """Whether this run may work on the job's output now: False while another run holds its lock.
-    The lock is a flock on a hidden `.<output name>.lock` beside the output, removed at the end."""
-    lock = job.output.with_name(f".{job.output.name}.lock")
+    """Whether this run may work on the job's output now: False while another run holds its lock (atomic.claim)."""
     try:
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        f = open(lock, "a") if fcntl is not None else None
     except OSError:  # an unusable output folder: the job itself reports it
-        f = None
-    if f is None:
-        yield True
-        return
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # A run that has just finished removes the file: a lock on the removed file protects nothing.
-            ours = os.path.samestat(os.fstat(f.fileno()), os.stat(lock))
-        except (BlockingIOError, FileNotFoundError):
-            ours = False
-        try:
-            yield ours
-        finally:
-            if ours:
-                lock.unlink(missing_ok=True)
+        pass
+    with claim(job.output) as ours:
+        yield ours
 
 
 def _set_aside(job: FileJob) -> tuple[Path | None, tuple | None]:
@@ -297,6 +283,16 @@ class Report:
             "files": [j.to_dict() for j in self.files],
         }
 
+    @staticmethod
+    def check_path(path: str | os.PathLike) -> None:
+        """Before any work: the report can be written there (a file is created and removed)."""
+        if not Path(path).resolve().parent.is_dir():
+            raise InputError(f"{path}: the report's folder does not exist")
+        try:
+            temp_beside(path).unlink()
+        except OSError as e:
+            raise InputError(f"{path}: cannot write the report there ({e.strerror or e})") from None
+
     def write(self, path: str | os.PathLike) -> None:
         """The JSON report, written atomically (temp file in the same folder, then rename)."""
         try:
@@ -341,6 +337,9 @@ def _run_job(job: FileJob, anonymize: Callable) -> None:
     except VidanonError as e:
         job.status, job.reason = "failed", str(e)
         log.debug("%s failed", job.input, exc_info=True)
+    except OSError as e:  # disk full, a folder gone: which file, and why, on one line
+        job.status, job.reason = "failed", os_error(e, job.output)
+        log.debug("%s failed", job.input, exc_info=True)
     except Exception as e:  # a bug or an odd file: record it, keep going; -v shows the traceback
         job.status, job.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
         log.info("%s failed with an unexpected error", job.input, exc_info=True)
@@ -369,6 +368,7 @@ def run_batch(
     progress: bool = True,
     on_file: Callable[[FileJob], None] | None = None,
     keep_photos: Sequence[str | os.PathLike] = (),
+    still_images: bool = False,
 ) -> Report:
     """Anonymize the pending jobs in order, loading the model and detector once (only if there is work).
 
@@ -402,7 +402,8 @@ def run_batch(
                     job.status, job.reason = "skipped", "done meanwhile by another vidanon run"
                 else:
                     _run_job(job, lambda: anonymize_video(job.input, job.output, key, config, model=model,
-                                                          detector=detector, progress=progress, keep_photos=keep_photos))
+                                                          detector=detector, progress=progress, keep_photos=keep_photos,
+                                                          still_images=still_images))
             current = None
             bar.update()
             if on_file:

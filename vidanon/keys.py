@@ -74,12 +74,19 @@ def _read_secret(path: Path) -> str:
             raise KeyFileError(
                 f"{path}: key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
             )
-        text = path.read_text(encoding="ascii")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{path}: cannot read key file ({getattr(e, 'strerror', None) or e})") from None
-    return text.strip()
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read key file ({e.strerror or e})") from None
+    if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        raise KeyFileError(f"{path}: not a vidanon key file (it starts with a byte-order mark, as some editors "
+                           "save text; a key file is one plain ASCII line)")
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: not a vidanon key file (it holds binary data; a key file is one plain ASCII "
+                           "line, as `vidanon keygen` writes it)") from None
 
 
 def save_master_key(path: str | os.PathLike, key: bytes, *, overwrite: bool = False) -> None:

@@ -206,7 +206,7 @@ class KeyCheck:
 
 @dataclass(frozen=True)
 class Binding:
-    """v2, binding to the video (not written yet): the container tag that carries the video_id, and the
+    """v2, binding to the video (binding.py): the container tag that carries the video_id, and the
     kind of per-face fingerprint (Face.fingerprint) stored."""
 
     container_tag: str

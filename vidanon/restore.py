@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from . import keys, stages
 from .align import restore_crop
+from .atomic import claim
+from .binding import check_binding
 from .config import Config, restore_config
 from .errors import InputError
 from .manifest import Manifest, manifest_path, open_tracks, read_manifest, unseal_mask
@@ -159,19 +161,26 @@ def deanonymize_video(
     tkeys = open_tracks(man, key, tracks)
     check_video(src, info, man)
     reader = restore_method(method, man, mpath)  # a damaged or foreign sidecar is refused before any writing
-    with reader or contextlib.nullcontext():
+    check_binding(src, man, tkeys, "flip" if reader is None else "sealed")  # another video or anonymization: refused
+    stages.check_output_folder(dst.parent)
+    with contextlib.ExitStack() as stack:
+        if reader is not None:
+            stack.enter_context(reader)  # checks the sidecar whole
+        stages.make_output_folder(dst.parent)
+        if not stack.enter_context(claim(dst)):
+            raise InputError(f"{dst}: another vidanon run is writing this output; choose another output or wait")
+        check_output(src, dst, overwrite)  # again, under the lock: another run may have finished it meanwhile
         if reader is not None:
             restore = partial(restore_sealed, reader, man.video_id, tkeys)
         else:
             restore = flip_restorer(src, man, tkeys, config or restore_config(
                 man.header.config, model=model_name, device=device, batch_size=batch_size, compile=compile), model)
         by_frame = man.faces_by_frame([t for t in tkeys if man.track(t).kept is None])  # kept tracks were never changed
-        stages.check_output_folder(dst.parent)
-        stages.make_output_folder(dst.parent)
         h = man.header
         enc = h.encoder  # encoded as the anonymized video was (lossless stays lossless), a lossy one at crf <= 8
         crf = Config().crf if enc.crf is None else min(enc.crf, RESTORED_CRF)
-        with VideoWriter(info, dst, lossless=enc.lossless, crf=crf, preset=enc.preset, private=True) as writer, \
+        with VideoWriter(info, dst, lossless=enc.lossless, crf=crf, preset=enc.preset, private=True,
+                         replace=overwrite) as writer, \
                 tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
             frames, faces = restore(src, info, by_frame, writer, bar)
             if frames != h.video.frames:  # containers that store no frame count are checked here, before the rename

@@ -220,10 +220,11 @@ def _pasted(frame: Frame, faces: list[FaceJob]) -> np.ndarray:
 
 
 def process(frames: Iterator[tuple[Frame, T]], prepare: Prepare, model, schedule: Schedule, batch: int,
-            writer: VideoWriter) -> Iterator[tuple[int, list[FaceJob]]]:
+            writer: VideoWriter, written: Callable[[np.ndarray, list[FaceJob]], None] | None = None
+            ) -> Iterator[tuple[int, list[FaceJob]]]:
     """Run every frame through the four stages and write it; yields (frames, faces) of each window, in
     frame order, once its frames are written. `frames` pairs each frame with what `prepare` needs to find
-    its faces (detections, manifest entries)."""
+    its faces (detections, manifest entries). `written(rgb, faces)` sees each frame as written, with its faces."""
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1), "vidanon-work") as pool:
         decoded = prefetch(frames, depth=8)
         prepared = prefetch(windows(decoded, prepare, batch, pool), depth=2)
@@ -233,6 +234,9 @@ def process(frames: Iterator[tuple[Frame, T]], prepare: Prepare, model, schedule
                 by_slot: dict[int, list[FaceJob]] = {}
                 for job in jobs:
                     by_slot.setdefault(job.slot, []).append(job)
-                for frame, rgb in zip(window, pool.map(_pasted, window, [by_slot.get(k, []) for k in range(len(window))])):
+                faces = [by_slot.get(k, []) for k in range(len(window))]
+                for frame, rgb, mine in zip(window, pool.map(_pasted, window, faces), faces):
                     writer.write(rgb, frame.pts)
+                    if written is not None:
+                        written(rgb, mine)
                 yield len(window), jobs

@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 # Containers that hold H.264 (also RGB H.264 for lossless mode) and copy most audio codecs.
 _KEEP_CONTAINERS = {".mp4", ".m4v", ".mov", ".mkv"}
 # Metadata that describes the old file rather than the recording; the muxer writes its own.
-_DROP_METADATA = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration"}
+_DROP_METADATA = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration",
+                  "vidanon_video_id"}  # an anonymized video's own id (binding.py) never passes to another file
+# MP4 and QuickTime keep only their own atoms unless asked to write every metadata tag.
+_MOV_OPTIONS = {"movflags": "use_metadata_tags"}
 # AVColorSpace (stream tag) -> swscale matrix name, so the RGB->YUV conversion matches the tag.
 _SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020"}
 
@@ -53,6 +56,7 @@ class VideoInfo:
     has_audio: bool
     codec: str
     display_matrix: tuple[int, ...] | None = None  # the full 3x3 matrix (keeps flips too)
+    still: bool = False  # a still image (PNG, JPEG, ... whatever its name), not a video
 
 
 @dataclass
@@ -120,6 +124,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             has_audio=bool(container.streams.audio),
             codec=stream.codec_context.name,
             display_matrix=struct.unpack("=9i", bytes(matrix)) if matrix is not None else None,
+            still=container.format.name == "image2" or container.format.name.endswith("_pipe"),
         )
 
 
@@ -138,7 +143,7 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
     """Yield every frame of the first video stream as RGB, in decode order, one at a time."""
     path = Path(path)
     info = info or probe(path)
-    index = 0
+    index, end = 0, None
     with _open_input(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -146,12 +151,24 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
             for frame in _decode(container, stream):
                 yield Frame(index, frame.to_ndarray(format="rgb24"), frame.pts, stream.time_base)
                 index += 1
+                if frame.pts is not None:
+                    shown = float((frame.pts + (frame.duration or 0)) * stream.time_base)
+                    end = shown if end is None else max(end, shown)
         except av.FFmpegError as e:
             raise InputError(f"{path}: decode error at frame {index} ({_reason(e)})") from None
+    # A cut-off file (e.g. an interrupted recording) decodes up to where the data stops.
     if info.frames is not None and index < info.frames:
-        # A cut-off file (e.g. an interrupted recording) decodes up to where the data stops.
         log.warning("%s: decoded %d of the %d frames the container lists; the file may be truncated",
                     path, index, info.frames)
+    elif info.frames is None and end is not None and info.duration_s and info.duration_s - end > _missing(info):
+        # Containers that list no frame count (Matroska, WebM) still record the duration.
+        log.warning("%s: decoded %d frames up to %.2f s of the %.2f s the container lists; the file may be truncated",
+                    path, index, end, info.duration_s)
+
+
+def _missing(info: VideoInfo) -> float:
+    """How much shorter than the container's duration the decoded video may end (an audio tail, rounding)."""
+    return max(0.5, 3 / info.fps) if info.fps else 0.5
 
 
 def output_suffix(src: str | os.PathLike, lossless: bool = False) -> str:
@@ -171,10 +188,13 @@ class VideoWriter:
     the width or height is odd (4:2:0 needs even sizes; this keeps the output size equal to
     the input's). `lossless=True`: libx264rgb at qp 0, decoded RGB equals written RGB.
     `private=True` (restored faces): the file is mode 0600 from its creation, not from its rename.
+    `tags`: container metadata to add (anonymize writes the video's id there, binding.py).
+    `replace=False`: refuse to rename onto an existing `dst` (InputError), with no window for two writers.
     """
 
     def __init__(self, src: VideoInfo, dst: str | os.PathLike, *, lossless: bool = False,
-                 crf: int = 17, preset: str = "medium", private: bool = False) -> None:
+                 crf: int = 17, preset: str = "medium", private: bool = False, tags: dict[str, str] | None = None,
+                 replace: bool = True) -> None:
         self.src, self.dst = src, Path(dst)
         if self.dst.resolve() == src.path.resolve():
             raise VidanonError(f"{self.dst}: the output would overwrite the input")
@@ -187,13 +207,16 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._step = 1
         self._done = False
+        self._replace = replace
         try:
             self._in = _open_input(src.path)
+            mov = self.dst.suffix.lower() in (".mp4", ".m4v", ".mov")
             try:
-                self._out = av.open(str(self._tmp), "w")
+                self._out = av.open(str(self._tmp), "w", options=dict(_MOV_OPTIONS) if mov else None)
             except (av.FFmpegError, OSError, ValueError) as e:
                 raise VidanonError(f"{self.dst}: cannot write this output file ({_reason(e)})") from None
             self._out.metadata.update(_kept(self._in.metadata))
+            self._out.metadata.update(tags or {})
             self._setup_video(lossless, crf, preset)
             self._setup_copies()
             try:
@@ -313,7 +336,10 @@ class VideoWriter:
                                    f"for {self._frames} given")
             self._out.close()
             self._in.close()
-            commit(self._tmp, self.dst)
+            try:
+                commit(self._tmp, self.dst, replace=self._replace)
+            except FileExistsError:
+                raise InputError(f"{self.dst}: already exists (written meanwhile by another run); not replaced") from None
             self._done = True
         except BaseException:
             self.abort()
