@@ -70,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="join a running Ray cluster (implies --ray): auto, HOST:PORT or ray://HOST:PORT; inputs, "
                         "outputs and the key file must be on a filesystem every node sees (default: a local instance)")
     p.add_argument("--ray-actors", type=int, metavar="N",
-                   help="Ray workers, each holding one model (implies --ray) (default: one per GPU of the cluster, or one per CPU)")
+                   help="Ray workers, each holding one model (implies --ray) "
+                        "(default: one per GPU of the cluster, or one per CPU)")
 
 
 def options_from(args: argparse.Namespace) -> RayOptions | None:
