@@ -26,6 +26,7 @@ from vidanon import folder_run, keys
 from vidanon.atomic import stale_temps
 from vidanon.config import Config
 from vidanon.restore import deanonymize_video
+from vidanon.sealed import sidecar_path
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[test,ray]'")
 
@@ -123,7 +124,8 @@ def face_psnr(original: list[np.ndarray], restored: list[np.ndarray], manifest: 
             x0, y0, x1, y1 = (round(v) for v in face["box"])
             a, b = original[face["frame"]][y0:y1, x0:x1], restored[face["frame"]][y0:y1, x0:x1]
             err.append(((a.astype(np.float64) - b.astype(np.float64)) ** 2).ravel())
-    return float(10 * np.log10(255.0**2 / np.concatenate(err).mean()))
+    mse = np.concatenate(err).mean()
+    return float(10 * np.log10(255.0**2 / mse)) if mse else float("inf")
 
 
 def test_folder_on_ray_matches_the_local_run(root, runs):
@@ -143,20 +145,23 @@ def test_folder_on_ray_matches_the_local_run(root, runs):
     for name in CLIPS:
         src, out = root / "in" / name, root / "ray" / name
         manifest = json.loads(out.with_suffix(".vidanon.json").read_text())
-        assert manifest["video"]["frames"] == 2
+        assert manifest["video"]["frames"] == 2 and sidecar_path(out).is_file()
         assert video_timing(out) == video_timing(src)  # same frames, same timestamps
-        # Restores with the master key as the local path's output does.
+        # Restores with the master key as the local path's output does: exactly from the sealed originals,
+        # and by the key flip alone within 0.5 dB.
         original = synth.read_frames(src)
-        psnrs = []
+        psnrs = {}
         for folder in ("ray", "local"):
-            restored = deanonymize_video(root / folder / name, root / f"restored-{folder}" / name, master,
-                                         config=CONFIG, progress=False)
             man = json.loads((root / folder / name).with_suffix(".vidanon.json").read_text())
-            psnrs.append(face_psnr(original, synth.read_frames(restored.output), man))
+            for method in ("sealed", "flip"):
+                restored = deanonymize_video(root / folder / name, root / f"restored-{folder}-{method}" / name, master,
+                                             config=CONFIG, method=method, progress=False)
+                psnrs[folder, method] = face_psnr(original, synth.read_frames(restored.output), man)
         anonymized = face_psnr(original, synth.read_frames(out), manifest)
-        # Measured: 18.8 dB restored (both paths, within 0.002 dB), 13.3 dB anonymized (8 steps, ~190 px faces).
-        assert psnrs[0] > anonymized + 3, (psnrs, anonymized)
-        assert abs(psnrs[0] - psnrs[1]) <= 0.5, psnrs
+        assert psnrs["ray", "sealed"] == psnrs["local", "sealed"] == float("inf"), psnrs  # bit for bit
+        # Measured: 18.8 dB by the flip (both paths, within 0.002 dB), 13.3 dB anonymized (8 steps, ~190 px faces).
+        assert psnrs["ray", "flip"] > anonymized + 3, (psnrs, anonymized)
+        assert abs(psnrs["ray", "flip"] - psnrs["local", "flip"]) <= 0.5, psnrs
 
 
 def test_rerun_skips_every_complete_output(root, runs, ray_address):
@@ -253,7 +258,7 @@ def test_bad_files_fail_with_their_reason_as_locally(root, killed):
         assert job.status == "failed"
         assert files[job.input.name]["reason"] == job.reason.replace(str(job.input), f"kill/{job.input.name}")
     assert sorted(p.name for p in (root / "kill-out").iterdir()) == sorted(
-        n for c in ("long", "c0", "c1", "c2") for n in (f"{c}.mp4", f"{c}.vidanon.json"))
+        n for c in ("long", "c0", "c1", "c2") for n in (f"{c}.mp4", f"{c}.vidanon.json", f"{c}.vidanon.sealed"))
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the actor's process through /proc")
@@ -297,7 +302,8 @@ def test_ctrl_c_stops_the_cluster_work_and_leaves_nothing_partial(root, ray_addr
     assert next(f for f in report["files"] if f["input"].endswith("long.mp4"))["status"] == "interrupted"
     assert hidden(root / "stop-out") == []
     done = {Path(f["output"]).name for f in report["files"] if f["status"] == "done"}
-    assert {p.name for p in (root / "stop-out").iterdir()} == done | {n.replace(".mp4", ".vidanon.json") for n in done}
+    assert {p.name for p in (root / "stop-out").iterdir()} == done | {
+        n.replace(".mp4", suffix) for n in done for suffix in (".vidanon.json", ".vidanon.sealed")}
 
 
 def test_without_ray_the_flag_says_how_to_install_it(root):
