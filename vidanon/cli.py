@@ -162,8 +162,7 @@ def cmd_anonymize(args) -> int:
             on_file(job)
     try:
         keep = args.keep_photo or ()
-        if (ray := cluster.options_from(args)) is not None:
-            # The key file's path, not the key: each Ray worker reads it from the shared filesystem.
+        if (ray := cluster.options_from(args)) is not None:  # the key file's path: each Ray worker reads it
             report = cluster.run_on_ray(jobs, args.key_file, cfg, ray, progress=_progress(args), on_file=on_file,
                                         keep_photos=keep)
         else:
