@@ -441,6 +441,36 @@ def test_parallel_runs_share_the_files_out(tmp_path):
                                                      "c.vidanon.sealed"]
 
 
+def test_leftovers_of_a_killed_run_are_cleared(tmp_path):
+    """What a killed worker leaves (hidden temps, its lock, a video and sidecar renamed in without their manifest)
+    is removed; an old output a killed redo had not touched yet is put back; a complete output is left alone."""
+    from vidanon import folder_run
+    from vidanon.sealed import sidecar_path
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for name in ("a", "b", "c"):
+        (src / f"{name}.mp4").write_bytes(b"x")
+    (out / "b.mp4").write_bytes(b"old video")
+    (out / "b.vidanon.json").write_text("old manifest")
+    (out / "c.mp4").write_bytes(b"done")
+    (out / "c.vidanon.json").write_text("done")
+    jobs = {j.input.stem: j for j in folder_run.plan([src], out, overwrite=True)}
+    (out / ".a.mp4.x1.partial.mp4").write_bytes(b"temp")  # a: killed after its video got its final name
+    (out / ".a.vidanon.json.x1.partial.json").write_text("{")
+    (out / f".{sidecar_path(out / 'a.mp4').name}.x1.partial.sealed").write_bytes(b"sealed originals, half written")
+    (out / "a.mp4").write_bytes(b"new video, no manifest yet")
+    sidecar_path(out / "a.mp4").write_bytes(b"its sealed originals, no manifest yet")
+    (out / ".a.mp4.lock").write_text("")
+    os.replace(out / "b.vidanon.json", out / ".b.vidanon.json.old")  # b: killed early in a redo
+    (out / ".b.mp4.x2.partial.mp4").write_bytes(b"temp")
+    for job in jobs.values():
+        folder_run.clear_leftovers(job)
+    assert sorted(p.name for p in out.iterdir()) == ["b.mp4", "b.vidanon.json", "c.mp4", "c.vidanon.json"]
+    assert (out / "b.vidanon.json").read_text() == "old manifest" and (out / "c.mp4").read_bytes() == b"done"
+
+
 # --- help, doctor, models -----------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -188,6 +188,7 @@ def anonymize_video(
     progress: bool = True,
     keep_photos: Sequence[str | os.PathLike] = (),
     still_images: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> stages.Result:
     """Anonymize every face of `src` into `dst`, with the manifest `<dst stem>.vidanon.json` beside it.
 
@@ -196,6 +197,8 @@ def anonymize_video(
     costs a first pass over the video). Everything is checked before anything is written, and nothing is written
     under `dst` or its manifest's name unless the run completes. A still image (a PNG named .mp4) is refused
     unless `still_images`: then it is anonymized as a one-frame video.
+    `on_progress(frames, faces)` is called as each window of frames is written (what it wrote since the
+    last call); an exception it raises (KeyboardInterrupt to stop) stops the run like any other.
     """
     t0 = time.monotonic()
     src, dst, cfg = Path(src), Path(dst), config
@@ -251,6 +254,8 @@ def anonymize_video(
                             log.add(tid, face)
                     frames, faces = frames + n, faces + len(jobs)
                     bar.update(n)
+                    if on_progress is not None:
+                        on_progress(n, len(jobs))
             writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
         header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
         header = replace(header, binding=binding.BINDING)

@@ -1,5 +1,5 @@
-"""The `vidanon` command: a thin argparse layer over the library (folder_run, restore, manifest, keys,
-contact_sheet, doctor).
+"""The `vidanon` command: a thin argparse layer over the library (folder_run, cluster, restore, manifest,
+keys, contact_sheet, doctor).
 
 It parses arguments, builds the Config (defaults < --config FILE < flags), calls the library and
 prints; the checks live in the library. Heavy modules (torch, diffusers) are imported only by the
@@ -22,7 +22,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, folder_run, keys
+from . import __version__, cluster, folder_run, keys
 from .config import FIELDS, Config, load_config
 from .detect import DETECTOR_NAMES, SCRFD_LICENCE_NOTE
 from .errors import InputError, VidanonError, os_error
@@ -161,8 +161,13 @@ def cmd_anonymize(args) -> int:
         if job.status != "pending":
             on_file(job)
     try:
-        report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file,
-                                      keep_photos=args.keep_photo or (), still_images=args.still_images)
+        keep = args.keep_photo or ()
+        if (ray := cluster.options_from(args)) is not None:  # the key file's path: each Ray worker reads it
+            report = cluster.run_on_ray(jobs, args.key_file, cfg, ray, progress=_progress(args), on_file=on_file,
+                                        keep_photos=keep, still_images=args.still_images)
+        else:
+            report = folder_run.run_batch(jobs, master, cfg, progress=_progress(args), on_file=on_file, keep_photos=keep,
+                                          still_images=args.still_images)
     except folder_run.BatchInterrupted as stop:
         report = stop.report
         _result(args, report.summary())
@@ -374,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="also write the summary as JSON to FILE (default: none)")
     p.add_argument("--still-images", action="store_true",
                    help="anonymize a still image (PNG, JPEG) as a one-frame video (default: refuse it)")
+    cluster.add_arguments(p)
     _common(p)
     p.set_defaults(func=cmd_anonymize)
 

@@ -18,7 +18,7 @@ killed run are removed before the file is redone.
 Parallel runs over the same folders (one per GPU: `--device cuda:0`, `cuda:1`, ...) share the files
 out: a run holds an exclusive lock on each output while it works on it (a hidden `.<name>.lock`,
 removed afterwards), skips the files another run holds, and skips those another run has finished
-since it planned.
+since it planned. One file's work is `run_file`; cluster.py runs it on Ray workers.
 """
 
 from __future__ import annotations
@@ -350,6 +350,41 @@ def _run_job(job: FileJob, anonymize: Callable) -> None:
         _settle(job, aside, video_before)
 
 
+def run_file(job: FileJob, key: bytes | str | os.PathLike, config: Config, *, model, detector, progress: bool = True,
+             keep_photos: Sequence[str | os.PathLike] = (), still_images: bool = False,
+             on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Do one pending job with a loaded model and detector, recording its outcome on it (a failure too).
+
+    Skipped when another run holds the job's output or has finished it since planning. On KeyboardInterrupt
+    (also one raised by `on_progress`, see anonymize.anonymize_video) nothing is left under a final name and
+    the interrupt is raised; the job stays pending.
+    """
+    from .anonymize import anonymize_video
+
+    with _claimed(job) as ours:
+        if not ours:
+            job.status, job.reason = "skipped", "another vidanon run is working on it"
+        elif is_complete(job.output) and (not job.overwrite or _stat(job.output) != job.seen):
+            job.status, job.reason = "skipped", "done meanwhile by another vidanon run"
+        else:
+            _run_job(job, lambda: anonymize_video(job.input, job.output, key, config, model=model, detector=detector,
+                                                  progress=progress, keep_photos=keep_photos, still_images=still_images,
+                                                  on_progress=on_progress))
+
+
+def clear_leftovers(job: FileJob) -> None:
+    """Remove what a killed run left of `job`: its hidden temps (video, manifest, sealed sidecar) and lock,
+    and a video or sidecar that got its final name but not its manifest. An output that is complete, or
+    that another run holds, is left alone."""
+    with _claimed(job) as ours:
+        if not ours or is_complete(job.output):
+            return
+        aside = job.manifest.with_name(f".{job.manifest.name}.old")
+        if aside.exists() and not job.manifest.exists() and job.output.exists() and _stat(job.output) == job.seen:
+            os.replace(aside, job.manifest)  # a killed redo had not touched the old output yet: it stays as it was
+        _settle(job, *_set_aside(job))  # removes the temps; keeps a complete output, drops a lone video
+
+
 class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM turned into it) during run_batch; `.report` says what was done."""
 
@@ -386,7 +421,7 @@ def run_batch(
     bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress or not todo, position=0)
     try:
         if todo:  # torch and the models only when there is work: a rerun that skips everything is instant
-            from .anonymize import anonymize_video, detector_for
+            from .anonymize import detector_for
             from .models import load_model
             from .stages import check_model
 
@@ -395,15 +430,8 @@ def run_batch(
             detector = detector or detector_for(config)
         for job in todo:
             current = job
-            with _claimed(job) as ours:
-                if not ours:
-                    job.status, job.reason = "skipped", "another vidanon run is working on it"
-                elif is_complete(job.output) and (not job.overwrite or _stat(job.output) != job.seen):
-                    job.status, job.reason = "skipped", "done meanwhile by another vidanon run"
-                else:
-                    _run_job(job, lambda: anonymize_video(job.input, job.output, key, config, model=model,
-                                                          detector=detector, progress=progress, keep_photos=keep_photos,
-                                                          still_images=still_images))
+            run_file(job, key, config, model=model, detector=detector, progress=progress, keep_photos=keep_photos,
+                     still_images=still_images)
             current = None
             bar.update()
             if on_file:
