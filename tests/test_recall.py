@@ -3,7 +3,8 @@
 The night clip (tests/synth.py `night_clip`): 800x450, four faces 30-40 px high walking, scene darkened and
 desaturated, sensor noise sigma 8 + chroma noise + column pattern + hot pixels, H.264 at about 75 kbit/s.
 Before weak candidates were used (CenterFace at its threshold, tracking as before) this test failed:
-62 of 399 face-frames left untouched (15.5 %); now 2.
+62 of 399 face-frames left untouched (15.5 %). Measured now by the replaced region: 0 missed, and 60 with the weak
+candidates turned off (floor = threshold).
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import numpy as np
 import pytest
 import synth
 
-from vidanon.config import Config
+from vidanon import keys
+from vidanon.align import paste_weights
 from vidanon.anonymize import anonymize_video
+from vidanon.config import Config
+from vidanon.manifest import inspect_video, unseal_mask
+from vidanon.masks import paste_alpha
 
 MASTER = bytes(range(32))
 FAST = Config(model="testing:gaussian", mask="landmarks", device="cpu", steps=2, lossless=True)
@@ -24,12 +29,31 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("recall")
 
 
+def replaced(anonymized, shape) -> dict[int, np.ndarray]:
+    """frame -> where anonymizing replaced the picture (paste weight >= 0.5 of any face), from the manifest."""
+    man = inspect_video(anonymized)
+    out: dict[int, np.ndarray] = {}
+    for t in man.tracks:
+        tk = keys.track_key(MASTER, man.video_id, t.id)
+        for f in t.faces:
+            mask = unseal_mask(tk, man.video_id, t.id, f.frame, f.sealed, man.header.latent_hw)
+            y0, x0, w = paste_weights(f.affine_array, paste_alpha(mask, feather=man.header.feather), shape)
+            region = out.setdefault(f.frame, np.zeros(shape, bool))[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]]
+            region |= w >= 0.5
+    return out
+
+
 def test_night_faces_are_all_changed(work):
-    """Missed face-frames <= 1 % (a face-frame is missed when less than half of its inner region changed).
-    Face-frames the encoder destroyed (synth.DESTROYED_NCC, decided from the clip alone) are left out and counted."""
+    """Missed face-frames <= 1 % (a face-frame is missed when less than half of its inner region was replaced).
+    Face-frames the encoder destroyed (synth.DESTROYED_NCC, decided from the clip alone) are left out and counted.
+
+    Replaced, not changed: the test model's replacement of a dark face leaves, depending on the random video
+    key, some pixels by chance equal to the original ones (measured: 2 to 7 of 399 face-frames "unchanged" from
+    one run to the next with the same faces replaced), which would measure the test model, not the coverage."""
     clip = synth.night_clip(work / "night.mp4", audio=False)
     result = anonymize_video(clip.path, work / "night.anon.mp4", MASTER, FAST, progress=False)
-    frames_in, frames_out = synth.read_frames(clip.path), synth.read_frames(result.output)
+    frames_in = synth.read_frames(clip.path)
+    covered = replaced(result.output, frames_in[0].shape[:2])
     checked, excluded, missed = 0, 0, []
     for gt in clip.faces:
         if gt.visible < 0.5:
@@ -38,7 +62,9 @@ def test_night_faces_are_all_changed(work):
             excluded += 1
             continue
         checked += 1
-        if synth.changed_fraction(frames_in[gt.frame], frames_out[gt.frame], gt.xyxy) < 0.5:
+        x0, y0, x1, y1 = synth.inner(gt.xyxy)
+        inner = covered.get(gt.frame, np.zeros(frames_in[0].shape[:2], bool))[max(y0, 0) : y1, max(x0, 0) : x1]
+        if not inner.size or inner.mean() < 0.5:
             missed.append((gt.frame, gt.face))
     print(f"night clip: {checked} face-frames checked, {excluded} excluded (destroyed by the encoder), "
           f"{len(missed)} missed: {missed}")
