@@ -14,9 +14,10 @@ anonymized) and lossless output, so an untouched pixel is bit-identical to the i
 What is counted, per condition:
 
 - missed: face-frames whose inner region (the central half of the face box in width and height: eyes, nose,
-  mouth) is essentially unchanged, i.e. less than half of its pixels changed (synth.changed_fraction).
-  For deface, "changed" is the ellipse it blurs (drawn by deface's own code on a checkerboard), so a blur that
-  happens to leave a flat dark pixel as it was still counts as covering it. Faces less than half visible are
+  mouth) is essentially untouched, i.e. less than half of its pixels covered. Covered, for both tools, is the
+  region the tool replaces, so a replacement that happens to leave a dark pixel as it was still covers it:
+  for deface the ellipse it blurs (drawn by deface's own code on a checkerboard), for vidanon the region its
+  manifest says it replaced (paste weight >= 0.5, synth.replaced_region), and any other pixel it changed. Faces less than half visible are
   not counted; nor are face-frames the encoder destroyed (luma correlation with the clean rendering below
   synth.DESTROYED_NCC, decided from the clip alone, before any detector runs): `excl` says how many.
 - FP area: pixels changed more than one face size away from every face box (outside the box grown by its own
@@ -98,7 +99,12 @@ def vidanon_run(clip, work: Path, floor: float | None) -> tuple[list[np.ndarray]
     anonymize_video(clip.path, out, MASTER, cfg, progress=False)
     seconds = time.perf_counter() - t0
     before = synth.read_frames(clip.path)
-    return [(a != b).any(axis=2) for a, b in zip(before, synth.read_frames(out))], seconds
+    # what it replaced (as for deface, the region it covers, not the pixels that happen to differ: the test model's
+    # replacement of a dark face can leave some by chance as they were), and anything else it changed
+    replaced = synth.replaced_region(out, MASTER, before[0].shape[:2])
+    none = np.zeros(before[0].shape[:2], bool)
+    return [(a != b).any(axis=2) | replaced.get(i, none)
+            for i, (a, b) in enumerate(zip(before, synth.read_frames(out)))], seconds
 
 
 def score(clip, decoded: list[np.ndarray], changed: list[np.ndarray]) -> tuple[int, int, int, float]:

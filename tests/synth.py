@@ -561,6 +561,28 @@ def inner(box: Box) -> tuple[int, int, int, int]:
     return int(round(x0 + dx)), int(round(y0 + dy)), int(round(x1 - dx)), int(round(y1 - dy))
 
 
+def replaced_region(anonymized: str | Path, master: bytes, shape: tuple[int, int]) -> dict[int, np.ndarray]:
+    """frame -> where vidanon replaced the picture (paste weight >= 0.5 of any face), read from the manifest of
+    `anonymized` with the master key: what it covered, whatever the (key-dependent) replacement looks like."""
+    from vidanon import keys
+    from vidanon.align import paste_weights
+    from vidanon.manifest import inspect_video, unseal_mask
+    from vidanon.masks import paste_alpha
+
+    man = inspect_video(anonymized)
+    out: dict[int, np.ndarray] = {}
+    for t in man.tracks:
+        tk = keys.track_key(master, man.video_id, t.id)
+        for f in t.faces:
+            if f.sealed is None:  # a kept track: left visible on purpose
+                continue
+            mask = unseal_mask(tk, man.video_id, t.id, f.frame, f.sealed, man.header.latent_hw)
+            y0, x0, w = paste_weights(f.affine_array, paste_alpha(mask, feather=man.header.feather), shape)
+            region = out.setdefault(f.frame, np.zeros(shape, bool))[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]]
+            region |= w >= 0.5
+    return out
+
+
 def changed_fraction(before: np.ndarray, after: np.ndarray, box: Box) -> float:
     """Fraction of the pixels of the face's inner region that an anonymizer changed (any channel differs).
     A face-frame is *missed* when this is below 0.5: most of its eyes-nose-mouth region is untouched.

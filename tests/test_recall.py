@@ -13,12 +13,8 @@ import numpy as np
 import pytest
 import synth
 
-from vidanon import keys
-from vidanon.align import paste_weights
 from vidanon.anonymize import anonymize_video
 from vidanon.config import Config
-from vidanon.manifest import inspect_video, unseal_mask
-from vidanon.masks import paste_alpha
 
 MASTER = bytes(range(32))
 FAST = Config(model="testing:gaussian", mask="landmarks", device="cpu", steps=2, lossless=True)
@@ -27,20 +23,6 @@ FAST = Config(model="testing:gaussian", mask="landmarks", device="cpu", steps=2,
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("recall")
-
-
-def replaced(anonymized, shape) -> dict[int, np.ndarray]:
-    """frame -> where anonymizing replaced the picture (paste weight >= 0.5 of any face), from the manifest."""
-    man = inspect_video(anonymized)
-    out: dict[int, np.ndarray] = {}
-    for t in man.tracks:
-        tk = keys.track_key(MASTER, man.video_id, t.id)
-        for f in t.faces:
-            mask = unseal_mask(tk, man.video_id, t.id, f.frame, f.sealed, man.header.latent_hw)
-            y0, x0, w = paste_weights(f.affine_array, paste_alpha(mask, feather=man.header.feather), shape)
-            region = out.setdefault(f.frame, np.zeros(shape, bool))[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]]
-            region |= w >= 0.5
-    return out
 
 
 def test_night_faces_are_all_changed(work):
@@ -53,7 +35,7 @@ def test_night_faces_are_all_changed(work):
     clip = synth.night_clip(work / "night.mp4", audio=False)
     result = anonymize_video(clip.path, work / "night.anon.mp4", MASTER, FAST, progress=False)
     frames_in = synth.read_frames(clip.path)
-    covered = replaced(result.output, frames_in[0].shape[:2])
+    covered = synth.replaced_region(result.output, MASTER, frames_in[0].shape[:2])
     checked, excluded, missed = 0, 0, []
     for gt in clip.faces:
         if gt.visible < 0.5:
