@@ -76,6 +76,7 @@ def pieces_of(src: Path, anonymized: Path, master: bytes) -> list[Piece]:
     from vidanon.align import paste_weights
     from vidanon.manifest import manifest_path, read_manifest, unseal_mask
     from vidanon.masks import paste_alpha
+    from vidanon.sealed import originals
     from vidanon.video import read_frames
 
     man = read_manifest(manifest_path(anonymized))
@@ -90,16 +91,10 @@ def pieces_of(src: Path, anonymized: Path, master: bytes) -> list[Piece]:
         for tid, face in faces:
             mask = unseal_mask(tkeys[tid], man.video_id, tid, face.frame, face.sealed, man.header.latent_hw)
             weights.append(paste_weights(face.affine_array, paste_alpha(mask, feather=feather), hw))
-        full = np.zeros((len(faces), *hw), np.float32)  # overlaps: the largest weight owns the pixel
-        for k, (y0, x0, w) in enumerate(weights):
-            full[k, y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]] = w
-        owner = full.argmax(axis=0) if faces else None
-        for k, ((tid, face), (y0, x0, w)) in enumerate(zip(faces, weights)):
-            if not w.size:
-                continue
-            owned = (w > 0) & (owner[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]] == k)
-            region = np.where(owned[..., None], frame.rgb[y0 : y0 + w.shape[0], x0 : x0 + w.shape[1]], 0).astype(np.uint8)
-            out.append(Piece(tid, frame.index, round(face.height), region, owned))
+        # each face's own pixels, overlaps decided as vidanon seals them (sealed.originals)
+        for (tid, face), original in zip(faces, originals(frame.rgb, weights, [tid for tid, _ in faces])):
+            if original.owned.size:
+                out.append(Piece(tid, frame.index, round(face.height), original.pixels, original.owned))
     return out
 
 
