@@ -459,3 +459,35 @@ def test_restore_checks_its_output_before_anything_else(tiny, tmp_path):
         deanonymize_video(tiny.output, tiny.output, MASTER, progress=False)
     result = deanonymize_video(tiny.output, existing, MASTER, progress=False, overwrite=True)
     assert result.frames == 2 and existing.stat().st_mode & 0o077 == 0
+
+
+def test_the_core_runs_full_batches_across_windows(monkeypatch):
+    """A window's leftover faces wait for the next window's, so the core sees one batch shape (a new shape
+    costs a cuDNN autotune or a recompile on a GPU) and only the last batch is short; windows still come out in
+    order, each with all its faces done. Where faces are sparse, a short batch runs once two windows wait, which
+    keeps the frames held by the core stage bounded."""
+    from types import SimpleNamespace
+
+    seen = []
+
+    def core(model, jobs, schedule, batch):
+        seen.append(len(jobs))
+        for job in jobs:
+            job.out = np.zeros((1,), np.uint8)
+
+    def windows(faces_each, n):
+        return [([f"frame {i}"], [stages.FaceJob(0, None, None, None, None, None) for _ in range(faces_each)]) for i in range(n)]
+
+    monkeypatch.setattr(stages, "run_core", core)
+    cpu = SimpleNamespace(device=SimpleNamespace(type="cpu"))
+    dense = windows(5, 6)  # 5 faces per window, batches of 4
+    out = list(stages.with_core((w for w in dense), cpu, None, 4))
+    assert [w for w, _ in out] == [w for w, _ in dense]
+    assert all(j.out is not None for _, jobs in out for j in jobs)
+    assert sum(seen) == 30 and all(n % 4 == 0 for n in seen[:-1]) and seen[-1] % 4 == 2
+
+    seen.clear()
+    sparse, pulled, held = windows(1, 5), [], []  # one face per window: never a full batch
+    for k, _ in enumerate(stages.with_core((pulled.append(w) or w for w in sparse), cpu, None, 4)):
+        held.append(len(pulled) - k)
+    assert max(held) <= 2 and seen == [2, 2, 1]

@@ -5,7 +5,8 @@ A video goes through four stages, each in its own thread, joined by bounded queu
     decode  ->  prepare faces (crop, mask)  ->  diffusion core  ->  paste back + encode
 
 so the core (the GPU) never waits for the CPU work around it. Frames travel in *windows* of about
-one batch of faces; each queue holds two windows, which bounds memory whatever the video's length.
+one batch of faces; each queue holds two windows and the core stage at most two more (it carries a
+window's leftover faces into the next window's batch), which bounds memory whatever the video's length.
 CPU work inside a stage (preparing a window's faces, pasting its frames) is spread over a thread
 pool: NumPy and OpenCV release the GIL (pasting measured 1.9× faster on 2 cores).
 
@@ -16,6 +17,7 @@ key, a missing file) are answered without waiting for torch to load.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import itertools
@@ -124,6 +126,9 @@ def run_core(model, jobs: list[FaceJob], schedule: Schedule, batch: int) -> None
 
     for i in range(0, len(jobs), batch):
         chunk = jobs[i : i + batch]
+        n = len(chunk)
+        if model.device.type == "cuda":  # a short batch is padded: one shape for cuDNN's autotune and torch.compile
+            chunk = chunk + [chunk[-1]] * (batch - n)
         x = torch.from_numpy(np.stack([j.crop for j in chunk])).permute(0, 3, 1, 2) / 127.5 - 1
         m = torch.from_numpy(np.stack([j.mask for j in chunk]).astype(np.float32))
         r = torch.from_numpy(np.stack([j.signs for j in chunk]))
@@ -131,7 +136,7 @@ def run_core(model, jobs: list[FaceJob], schedule: Schedule, batch: int) -> None
             x, m, r = (t.pin_memory().to(model.device, non_blocking=True) for t in (x, m, r))
         y = flip_faces(model, x, m, r, schedule)
         out = ((y.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        for job, face in zip(chunk, out):
+        for job, face in zip(chunk[:n], out):
             job.out = face
 
 
@@ -204,12 +209,37 @@ def windows(frames: Iterator[tuple[Frame, T]], prepare: Prepare, batch: int, poo
             yield window, jobs
 
 
-def with_core(windows_in: Iterator[tuple[list[Frame], list[FaceJob]]], model, schedule: Schedule, batch: int):
+def with_core(windows_in: Iterator[tuple[list[Frame], list[FaceJob]]], model, schedule: Schedule, batch: int,
+              most_waiting: int = 2):
+    """Run the core on full batches of faces gathered across windows; yield each window, in order, once all its
+    faces are done. A window's leftover faces wait for the next window's rather than run as a short batch (a
+    short batch wastes the GPU, and every new batch shape costs a cuDNN autotune or a recompile); only when
+    `most_waiting` windows are held (sparse faces), or at the end, does a short batch run, which bounds memory."""
+    waiting: collections.deque[tuple[list[Frame], list[FaceJob]]] = collections.deque()
+    todo: list[FaceJob] = []
+
+    def run(jobs: list[FaceJob]) -> None:
+        with cpu_turn(model.device):
+            run_core(model, jobs, schedule, batch)
+
     with contextlib.closing(windows_in):
         for window, jobs in windows_in:
-            with cpu_turn(model.device):
-                run_core(model, jobs, schedule, batch)
-            yield window, jobs
+            waiting.append((window, jobs))
+            todo.extend(jobs)
+            full = len(todo) // batch * batch
+            if full:
+                run(todo[:full])
+                todo = todo[full:]
+            while waiting and all(job.out is not None for job in waiting[0][1]):
+                yield waiting.popleft()
+            if len(waiting) >= most_waiting:  # all of them wait on the faces in todo
+                run(todo)
+                todo = []
+                yield from waiting
+                waiting.clear()
+        if todo:
+            run(todo)
+        yield from waiting
 
 
 def _pasted(frame: Frame, faces: list[FaceJob]) -> np.ndarray:
