@@ -376,3 +376,52 @@ def test_a_floor_adds_weak_candidates_and_leaves_the_detections_as_they_were(det
     assert len(weak) > 0
     with pytest.raises(ValueError, match="floor"):
         make_detector("centerface", device="cpu", threshold=0.2, floor=0.3)
+
+
+def test_centerface_on_torch_finds_what_onnxruntime_finds(detector, t1_faces, monkeypatch):
+    """Where torch has a GPU but onnxruntime has none (no onnxruntime-gpu), CenterFace's graph runs on torch
+    (onnx_graph.py). Run here on the CPU, it finds the same faces at the same places and scores."""
+    from vidanon import device as device_mod
+
+    monkeypatch.setattr(detect, "onnx_on_torch", lambda device: True)  # this machine's torch has no GPU: use its CPU
+    on_torch = make_detector("centerface", device="auto")
+    assert on_torch.session.get_providers() == ["torch (cpu)"] and on_torch.on_gpu
+    got = on_torch(_t1())
+    assert len(got) == len(t1_faces) >= 6
+    np.testing.assert_allclose(got.xyxy, t1_faces.xyxy, atol=0.05)
+    np.testing.assert_allclose(got.landmarks, t1_faces.landmarks, atol=0.05)
+    np.testing.assert_allclose(got.score, t1_faces.score, atol=1e-4)
+    assert device_mod.onnx_on_torch("cpu") is False
+
+
+def test_onnx_on_torch_only_where_onnxruntime_has_no_gpu_and_torch_has(monkeypatch):
+    import onnxruntime
+    import torch
+
+    from vidanon.device import onnx_on_torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert onnx_on_torch("auto") and onnx_on_torch("cuda") and not onnx_on_torch("cpu")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert not onnx_on_torch("auto")  # onnxruntime-gpu installed: it runs the detector
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not onnx_on_torch("auto")
+
+
+def test_torch_graph_refuses_operators_it_does_not_run():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from vidanon.onnx_graph import TorchGraph
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    pool = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])
+    with pytest.raises(ValueError, match="MaxPool"):
+        TorchGraph(helper.make_model(helper.make_graph([pool], "g", [x], [y])), "cpu")
+    same = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER")
+    w = onnx.numpy_helper.from_array(np.zeros((3, 3, 3, 3), np.float32), "w")
+    with pytest.raises(ValueError, match="auto_pad"):
+        TorchGraph(helper.make_model(helper.make_graph([same], "g", [x], [y], [w])), "cpu")

@@ -7,6 +7,13 @@ Two backends behind one call, ``detector(rgb) -> Detections``:
 - ``scrfd``: SCRFD from an insightface model pack (downloaded into
   ``~/.insightface`` on first use; non-commercial research licence).
 
+Both run with onnxruntime: on the GPU with onnxruntime-gpu (``vidanon[gpu]``).
+Where a GPU is asked for (or "auto") and torch sees one but onnxruntime does not,
+CenterFace's graph runs on that GPU with torch instead (``onnx_graph.py``; same
+faces, scores within 1e-4 on the CPU), so the detector keeps up with the core
+without a second CUDA stack. On a GPU, cuDNN may choose different algorithms
+from run to run, so scores may differ in their last digits between runs there.
+
 CCTV faces are small, so both run as an image pyramid: the first pass scales
 the frame so that a ``min_face``-pixel face reaches the size the network finds
 reliably; coarser passes (each 3x smaller) catch faces too large for the
@@ -32,7 +39,7 @@ import cv2
 import numpy as np
 
 from .detections import Detections
-from .device import onnx_providers
+from .device import onnx_on_torch, onnx_providers, torch_device
 from .errors import ModelNotFoundError
 from .weights import INSIGHTFACE_ROOT, centerface_path
 
@@ -208,7 +215,7 @@ def _covered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # CenterFace
 
 
-def _dynamic_centerface(path: Path) -> bytes:
+def _dynamic_centerface(path: Path):
     """The CenterFace graph with symbolic batch/height/width (the file says [10, 3, 32, 32])."""
     import onnx
 
@@ -226,7 +233,7 @@ def _dynamic_centerface(path: Path) -> bytes:
         for dim, value in zip(graph_io[name].type.tensor_type.shape.dim, shape):
             if isinstance(value, str):
                 dim.dim_param = value  # replaces dim_value (a oneof)
-    return model.SerializeToString()
+    return model
 
 
 class CenterFaceDetector(_PyramidDetector):
@@ -249,15 +256,19 @@ class CenterFaceDetector(_PyramidDetector):
     def __init__(self, *, threshold: float | None = None, device: str = "auto", min_face: int = 20,
                  floor: float | None = None) -> None:
         super().__init__(self.default_threshold if threshold is None else threshold, min_face, floor)
+        model = _dynamic_centerface(centerface_path())
+        if onnx_on_torch(device):  # a GPU, but no onnxruntime-gpu: run the graph with torch there
+            from .onnx_graph import TorchGraph
+
+            self.session, self.on_gpu = TorchGraph(model, torch_device(device)), True
+            return
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # the file has unused BatchNorm initializers that ORT warns about
         # Detection shares the CPU with the diffusion core (they run at once): idle ORT threads must sleep, not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(
-            _dynamic_centerface(centerface_path()), options, providers=onnx_providers(device)
-        )
+        self.session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=onnx_providers(device))
         self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
 
     def _run_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

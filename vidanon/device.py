@@ -63,3 +63,15 @@ def onnx_providers(text: str = "auto") -> list:
     if device.kind != "cpu" and has_cuda:
         return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def onnx_on_torch(text: str = "auto") -> bool:
+    """Whether an ONNX detector runs with torch (onnx_graph.py) instead of onnxruntime: a GPU is asked for (or
+    "auto"), onnxruntime cannot reach one (no onnxruntime-gpu) and torch can."""
+    import onnxruntime
+
+    if parse_device(text).kind == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
