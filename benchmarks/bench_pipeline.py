@@ -84,12 +84,13 @@ def run_once(args) -> dict:
     anonymize.detect_upright = timed_detect
     cfg = Config(model=args.model, steps=args.steps, batch_size=args.batch_size, device=args.device, mask="landmarks")
     model = load_model(cfg.model, device=cfg.device)
+    detector = anonymize.detector_for(cfg)
     t = time.perf_counter()
-    result = anonymize.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model, progress=False)
+    result = anonymize.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model,
+                                       detector=detector, progress=False)
     wall = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the core-alone run below adds to it
     batch = stages.batch_size(cfg.batch_size, model)
-    detector = anonymize.detector_for(cfg)
     return {
         "frames": result.frames, "faces": result.faces, "wall_s": wall, "core_s": core_seconds, "detect_s": detect_seconds,
         "peak_rss_mib": rss, "batch": batch, "model_device": str(model.device),

@@ -27,11 +27,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-# Seconds per part on the GPU machine and in --smoke. GPU values from the first H200 run (docs/benchmarks.md): core
-# 78 s, precision 39 s, compile 60 s; the 1080p pipeline did not finish its long clip in 190 s, hence a shorter one
-# (≈ 70 s in all on an idle 2-core CPU; generous, since a smoke run only checks that the code paths still run).
-BUDGETS = {"env": (15, 60), "core": (90, 180), "precision": (45, 180), "compile": (75, 180), "pipeline": (160, 240)}
+# Seconds per part on the GPU machine and in --smoke; the GPU ones add up to 5 minutes. From the H200 runs
+# (docs/benchmarks.md): env 12 s, core 78-83 s, precision 39-40 s; compiling takes 36 s at batch 32 (48 s at 64, which
+# then ran out of 75 s), so the compile part runs at 32; the pipeline's clip is short enough for its long version
+# to finish once detection runs on the GPU. Smoke: ≈ 70 s in all on an idle 2-core CPU; generous, since a smoke run
+# only checks that the code paths still run.
+BUDGETS = {"env": (12, 60), "core": (85, 180), "precision": (43, 180), "compile": (60, 180), "pipeline": (100, 240)}
+COMPILE_BATCH = 32
 PARTS = tuple(BUDGETS)
+
+
+_STARTED = time.perf_counter()
+
+
+def note(what: str) -> None:
+    """A timestamped line in the part's log, so a part that runs out of time shows where its time went."""
+    print(f"[{time.perf_counter() - _STARTED:6.1f} s] {what}", flush=True)
 
 
 class Figures:
@@ -96,8 +107,10 @@ def part_core(fig: Figures, smoke: bool) -> None:
     fig["switches"] = set_global_switches(dev)  # before either side runs: the same for vidanon and the naive loop
     fig["steps"], fig["dtype"] = steps, "bf16"
     model = core_model(dev, torch.bfloat16, tiny=smoke)
+    note("model built")
     flops = flop_figures(model, steps)
     fig["flops"] = flops
+    note("FLOPs counted, matmul ceiling measured")
     rows = []
     for b in sizes:
         try:
@@ -106,6 +119,7 @@ def part_core(fig: Figures, smoke: bool) -> None:
             rows.append({"batch": b, "out_of_memory": True})
             break
         fig["batches"] = rows
+        note(f"batch {b}: {rows[-1]['faces_per_s']:.2f} faces/s")
     fig["batches"] = rows
     best = max((r for r in rows if "faces_per_s" in r), key=lambda r: r["faces_per_s"])
     fig["best"] = best
@@ -113,6 +127,7 @@ def part_core(fig: Figures, smoke: bool) -> None:
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     naive = naive_speed(dev, steps, naive_faces, tiny=smoke)
+    note("naive loop timed")
     fig["naive"] = {"faces_per_s": naive, "faces_timed": naive_faces, "dtype": "fp32", "batch": 1}
     fig["speedup_over_naive"] = best["faces_per_s"] / naive
 
@@ -125,7 +140,7 @@ def part_compile(fig: Figures, smoke: bool, core: dict) -> None:
 
     dev = _device()
     steps = 2 if smoke else 50
-    batch = core.get("best", {}).get("batch") or (2 if smoke else 32)
+    batch = 2 if smoke else COMPILE_BATCH  # not the core's best: each batch size is a compile of its own
     if smoke:  # inductor's C++ codegen takes minutes on a 2-core CPU: trace with dynamo, run eagerly
         compile_ = torch.compile
         torch.compile = lambda *a, **k: compile_(*a, **{**k, "backend": "eager"})
@@ -136,14 +151,18 @@ def part_compile(fig: Figures, smoke: bool, core: dict) -> None:
     flops = core.get("flops") or flop_figures(core_model(dev, torch.bfloat16, tiny=smoke), steps)
     model = core_model(dev, torch.bfloat16, tiny=smoke, compile=True)
     x, m, r = inputs(model, batch)
+    note(f"model built; compiling at batch {batch}")
     t = time.perf_counter()
     flip_faces(model, x, m, r, make_schedule(model.scheduler_config, 1))  # the first UNet call compiles it
     sync(dev)
     fig["compile_s"] = time.perf_counter() - t
+    note(f"compiled in {fig.data['compile_s']:.1f} s")
     fig["compiled"] = batch_speed(model, batch, steps, flops)
-    if "best" in core:
-        fig["eager_faces_per_s"] = core["best"]["faces_per_s"]
-        fig["compiled_over_eager"] = fig.data["compiled"]["faces_per_s"] / core["best"]["faces_per_s"]
+    note("compiled batch timed")
+    eager = [row for row in core.get("batches", []) if row.get("batch") == batch and "faces_per_s" in row]
+    if eager:  # the same batch, eager, from the core part
+        fig["eager_faces_per_s"] = eager[0]["faces_per_s"]
+        fig["compiled_over_eager"] = fig.data["compiled"]["faces_per_s"] / eager[0]["faces_per_s"]
 
 
 def part_precision(fig: Figures, smoke: bool) -> None:
@@ -157,9 +176,9 @@ def part_precision(fig: Figures, smoke: bool) -> None:
 def part_pipeline(fig: Figures, smoke: bool) -> None:
     from bench_pipeline import measure
 
-    size = dict(width=480, height=270, frames=4, long=2, steps=2) if smoke else dict(width=1920, height=1080, frames=24, long=3, steps=50)
+    size = dict(width=480, height=270, frames=4, long=2, steps=2) if smoke else dict(width=1920, height=1080, frames=20, long=3, steps=50)
     args = argparse.Namespace(model=None, device="auto", batch_size=0, fps=25, tiny=smoke, **size)
-    measure(args, on_result=lambda name, out: fig.update(out))
+    measure(args, on_result=lambda name, out: (fig.update(out), note(f"{name} clip done")))
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -224,7 +243,7 @@ def summary(results: dict, smoke: bool) -> str:
         ("naive diffusers loop faces/s (fp32, 1 face)", _num(g("core", "naive", "faces_per_s"), ".3f"), ""),
         ("core / naive", _num(g("core", "speedup_over_naive"), ".1f") + "×", "≥ 10×"),
         ("compile: compile time s", _num(g("compile", "compile_s"), ".0f"), "reported apart"),
-        ("compile: faces/s", _num(g("compile", "compiled", "faces_per_s")), ""),
+        (f"compile: faces/s (batch {g('compile', 'batch') or '–'})", _num(g("compile", "compiled", "faces_per_s")), ""),
         ("compile: of ceiling", _pct(g("compile", "compiled", "of_ceiling")), ""),
         ("compile: compiled / eager", _num(g("compile", "compiled_over_eager"), ".2f") + "×", ""),
         ("bf16 ε rel. error vs fp32 (max over t)", _pct(max(eps.values()) if eps else None), "≤ 1 %"),
@@ -240,7 +259,7 @@ def summary(results: dict, smoke: bool) -> str:
         ("pipeline / core", _pct(pipe.get("pipeline_over_core")), "≥ 80 %"),
         ("pipeline: peak RSS long / short", _num(pipe.get("rss_long_over_short")) + "×"
          + (f" ({pipe.get('long_factor')}× the frames)" if pipe else ""), "flat (≈ 1×)"),
-        ("pipeline: detection providers", ", ".join(long.get("detector_providers", [])) or "–", "onnxruntime CPU build here"),
+        ("pipeline: detection runs with", ", ".join(long.get("detector_providers", [])) or "–", "torch's CUDA here (no onnxruntime-gpu)"),
     ]
     head = (f"GPU check{' (SMOKE: tiny sizes, not figures)' if smoke else ''}: {env.get('gpu', '?')}; "
             f"{env.get('nvidia_smi', 'no nvidia-smi')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}; "
