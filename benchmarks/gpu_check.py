@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py OUTDIR                  # on the GPU machine, ≈ 5 minutes
     python benchmarks/gpu_check.py OUTDIR --parts core     # one part alone (env, core, compile, precision, pipeline)
+    python benchmarks/gpu_check.py OUTDIR --parts profile  # after the check: where the eager UNet's time goes
     python benchmarks/gpu_check.py OUTDIR --smoke          # on a CPU: tiny sizes, the same code paths (the tests run it)
 
 Each part runs in its own process under a time budget of its own, so one slow part (a long compile, say)
@@ -32,9 +33,11 @@ sys.path.insert(0, str(HERE))
 # then ran out of 75 s), so the compile part runs at 32; the pipeline's clip is short enough for its long version
 # to finish once detection runs on the GPU. Smoke: ≈ 70 s in all on an idle 2-core CPU; generous, since a smoke run
 # only checks that the code paths still run.
-BUDGETS = {"env": (12, 60), "core": (85, 180), "precision": (43, 180), "compile": (60, 180), "pipeline": (100, 240)}
-COMPILE_BATCH = 32
+BUDGETS = {"env": (12, 60), "core": (85, 180), "precision": (43, 180), "compile": (60, 180), "pipeline": (100, 240),
+           "profile": (60, 120)}
 PARTS = tuple(BUDGETS)
+DEFAULT_PARTS = PARTS[:-1]  # profile: for the device time left after the check, on the core's largest gap
+COMPILE_BATCH = 32
 
 
 _STARTED = time.perf_counter()
@@ -181,6 +184,48 @@ def part_pipeline(fig: Figures, smoke: bool) -> None:
     measure(args, on_result=lambda name, out: (fig.update(out), note(f"{name} clip done")))
 
 
+def part_profile(fig: Figures, smoke: bool) -> None:
+    """Where the eager core's time goes: one bf16 UNet call at batch 32 with the memory format and cuDNN autotune
+    each way (time and peak memory), then the kernels that take the most time."""
+    import torch
+
+    from bench_core import real_architecture, set_global_switches, timed
+
+    dev = _device()
+    fig["switches"] = set_global_switches(dev)
+    unet = real_architecture(tiny=smoke, device=dev)[0].to(dtype=torch.bfloat16).eval()
+    b = 2 if smoke else 32
+    z = torch.randn(b, 3, 64, 64, device=dev, dtype=torch.bfloat16)
+    t = torch.full((b,), 500, device=dev)
+    rows = {}
+    for name, fmt, autotune in (("channels_last, autotune", torch.channels_last, True),
+                                ("contiguous, autotune", torch.contiguous_format, True),
+                                ("channels_last, no autotune", torch.channels_last, False)):
+        torch.backends.cudnn.benchmark = autotune and dev.type == "cuda"
+        unet, x = unet.to(memory_format=fmt), z.contiguous(memory_format=fmt)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        with torch.no_grad():
+            sec = timed(lambda: unet(x, t), dev, repeat=2 if smoke else 10)
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+        rows[name] = {"ms_per_unet_call": sec * 1e3, "peak_gib": peak}
+        fig["unet_call"] = {"batch": b, "rows": rows}
+        note(f"{name}: {sec * 1e3:.1f} ms per UNet call at batch {b}")
+    torch.backends.cudnn.benchmark = dev.type == "cuda"
+    unet, x = unet.to(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            unet(x, t)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    fig["top_ops"] = prof.key_averages().table(sort_by=key, row_limit=20)
+    note("profiled")
+    print(fig.data["top_ops"])
+
+
 # --- the driver ----------------------------------------------------------------------------------
 
 
@@ -261,6 +306,10 @@ def summary(results: dict, smoke: bool) -> str:
          + (f" ({pipe.get('long_factor')}× the frames)" if pipe else ""), "flat (≈ 1×)"),
         ("pipeline: detection runs with", ", ".join(long.get("detector_providers", [])) or "–", "torch's CUDA here (no onnxruntime-gpu)"),
     ]
+    calls = g("profile", "unet_call", "rows") or {}
+    if calls:
+        rows.append((f"profile: ms per UNet call at batch {g('profile', 'unet_call', 'batch')} ({' / '.join(calls)})",
+                     " / ".join(_num(r["ms_per_unet_call"], ".1f") for r in calls.values()), ""))
     head = (f"GPU check{' (SMOKE: tiny sizes, not figures)' if smoke else ''}: {env.get('gpu', '?')}; "
             f"{env.get('nvidia_smi', 'no nvidia-smi')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}; "
             f"{env.get('cpu_count')} CPUs")
@@ -279,7 +328,8 @@ def _dig(d, path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="folder for gpu_check.json, gpu_check.md and gpu_check.log")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)} (default: all)")
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                   help=f"comma-separated, from {', '.join(PARTS)} (default: all but profile)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on a CPU: checks that the script runs, measures nothing")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every part's time budget (default 1)")
     p.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
@@ -299,7 +349,7 @@ def main(argv=None) -> int:
     results: dict = {}
     started = time.perf_counter()
     with open(a.out / "gpu_check.log", "w") as log:
-        for name in sorted(parts, key=PARTS.index):  # compile reads the core part's best batch
+        for name in sorted(parts, key=PARTS.index):  # compile reads the core part's eager figures
             run_part(name, a.out, a.smoke, results, log, a.budget_scale)
             table = summary(results, a.smoke)
             (a.out / "gpu_check.json").write_text(json.dumps({"smoke": a.smoke, "parts": results,

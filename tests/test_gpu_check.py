@@ -17,7 +17,7 @@ def run(out: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    proc = run(out, "--smoke")
+    proc = run(out, "--smoke", "--parts", "env,core,precision,compile,pipeline,profile")
     return proc, out, json.loads((out / "gpu_check.json").read_text())
 
 
@@ -25,7 +25,7 @@ def test_every_part_runs_and_reports(smoke):
     proc, out, result = smoke
     assert proc.returncode == 0, proc.stdout[-3000:] + (out / "gpu_check.log").read_text()[-3000:]
     parts = result["parts"]
-    assert list(parts) == ["env", "core", "precision", "compile", "pipeline"]
+    assert list(parts) == ["env", "core", "precision", "compile", "pipeline", "profile"]
     assert all(p["status"] == "ok" for p in parts.values())
     assert "| pipeline / core |" in proc.stdout and (out / "gpu_check.md").read_text() in proc.stdout
 
@@ -37,7 +37,7 @@ def test_core_figures_are_measured(smoke):
     assert core["naive"]["faces_per_s"] > 0 and core["speedup_over_naive"] > 0
     assert core["flops"]["tflop_per_face"] > 0 and core["switches"]["cudnn_benchmark"] in (True, False)
     compiled = smoke[2]["parts"]["compile"]["figures"]
-    assert compiled["batch"] == core["best"]["batch"] and compiled["compiled"]["faces_per_s"] > 0
+    assert compiled["batch"] == 2 and compiled["compiled"]["faces_per_s"] > 0 and compiled["compiled_over_eager"] > 0
 
 
 def test_precision_and_batch_invariance_are_measured(smoke):
@@ -68,3 +68,9 @@ def test_a_part_over_its_budget_is_stopped_and_reported(tmp_path):
 def test_unknown_part_is_refused(tmp_path):
     proc = run(tmp_path, "--parts", "core,warp")
     assert proc.returncode == 2 and "unknown part(s) warp" in proc.stderr
+
+
+def test_the_profile_part_times_the_unet_each_way_and_names_its_top_operators(smoke):
+    prof = smoke[2]["parts"]["profile"]["figures"]
+    assert len(prof["unet_call"]["rows"]) == 3 and all(r["ms_per_unet_call"] > 0 for r in prof["unet_call"]["rows"].values())
+    assert "aten::" in prof["top_ops"]
