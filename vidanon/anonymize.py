@@ -203,12 +203,7 @@ def anonymize_video(
     t0 = time.monotonic()
     src, dst, cfg = Path(src), Path(dst), config
     master = master_key(key)
-    info = probe(src)
-    if info.still and not still_images:
-        raise InputError(f"{src}: is a still image, not a video (whatever its name says); pass --still-images to "
-                         "anonymize it as a one-frame video")
-    if dst.resolve() == src.resolve():
-        raise InputError(f"{dst}: the output would overwrite the input")
+    info = check_source(src, dst, still_images)
     model = model or load_model(cfg.model, device=cfg.device, compile=cfg.compile)
     stages.check_model(model)
     parser = parser_for(cfg)
@@ -228,35 +223,13 @@ def anonymize_video(
     best = BestFaces() if cfg.index_identities and embeddings is None else None
     run = Anonymizing(master, secrets.token_bytes(16), latent_numel(model), parser, cfg.feather, cfg.seal,
                       frozenset(kept), best, {})
-    frames = faces = 0
-    mask_methods: set[str] = set()
     with FaceLog(dst.parent) as log, contextlib.ExitStack() as sealing:  # faces on disk until the manifest is written
         sidecar = sealing.enter_context(SidecarWriter(sidecar_path(dst))) if cfg.seal else None
-        with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset,
-                         tags={binding.TAG: run.video_id.hex()}) as writer, \
-                tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
-            # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
-            tracked = (d for d in pass1) if pass1 is not None else \
-                stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
-            work = paired(read_frames(src, info), tracked)
-            batch = stages.batch_size(cfg.batch_size, model)
-            written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer, fingerprint_faces)
-            with contextlib.closing(written):  # however this ends, every stage thread stops
-                for n, jobs in written:
-                    for job in jobs:  # in frame order, so each track's faces are too
-                        face = job.record.face
-                        if sidecar is not None:
-                            face = replace(face, original=SealedRef(*sidecar.add(job.record.original)))
-                        log.add(job.track, face)
-                        mask_methods.add(job.record.mask_method)
-                    for index in range(frames, frames + n):  # the kept tracks' faces of these frames
-                        for tid, face in run.visible.pop(index, ()):
-                            log.add(tid, face)
-                    frames, faces = frames + n, faces + len(jobs)
-                    bar.update(n)
-                    if on_progress is not None:
-                        on_progress(n, len(jobs))
-            writer.close()  # the manifest's final name is the mark of a complete output: rename the video first
+        # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
+        tracked = (d for d in pass1) if pass1 is not None else \
+            stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
+        frames, faces, mask_methods = write_video(src, dst, info, cfg, run, model, schedule, tracked, log, sidecar,
+                                                  progress, on_progress)
         header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
         header = replace(header, binding=binding.BINDING)
         if recognizer is not None:
@@ -270,6 +243,50 @@ def anonymize_video(
         if sidecar is None:  # a redo without sealing: an older run's sidecar no longer belongs to this output
             sidecar_path(dst).unlink(missing_ok=True)
         return stages.Result(src, dst, mpath, frames, faces, len(log.track_ids()), time.monotonic() - t0)
+
+
+def check_source(src: Path, dst: Path, still_images: bool) -> VideoInfo:
+    """The source's facts, once it is known to be a video (or a still image, when asked) that `dst` would not overwrite."""
+    info = probe(src)
+    if info.still and not still_images:
+        raise InputError(f"{src}: is a still image, not a video (whatever its name says); pass --still-images to "
+                         "anonymize it as a one-frame video")
+    if dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: the output would overwrite the input")
+    return info
+
+
+def write_video(src: Path, dst: Path, info: VideoInfo, cfg: Config, run: Anonymizing, model, schedule,
+                tracked: Iterator[Detections], log: FaceLog, sidecar: SidecarWriter | None, progress: bool,
+                on_progress: Callable[[int, int], None] | None) -> tuple[int, int, set[str]]:
+    """Pass 2: anonymize every frame into `dst` and log each face (its sealed original into `sidecar`), in frame
+    order; returns the frames and faces written and the mask methods used. The video is complete (renamed to
+    `dst`) on return: the manifest's final name, written after it, is the mark of a complete output."""
+    frames = faces = 0
+    mask_methods: set[str] = set()
+    with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset,
+                     tags={binding.TAG: run.video_id.hex()}) as writer, \
+            tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+        work = paired(read_frames(src, info), tracked)
+        batch = stages.batch_size(cfg.batch_size, model)
+        written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer, fingerprint_faces)
+        with contextlib.closing(written):  # however this ends, every stage thread stops
+            for n, jobs in written:
+                for job in jobs:  # in frame order, so each track's faces are too
+                    face = job.record.face
+                    if sidecar is not None:
+                        face = replace(face, original=SealedRef(*sidecar.add(job.record.original)))
+                    log.add(job.track, face)
+                    mask_methods.add(job.record.mask_method)
+                for index in range(frames, frames + n):  # the kept tracks' faces of these frames
+                    for tid, face in run.visible.pop(index, ()):
+                        log.add(tid, face)
+                frames, faces = frames + n, faces + len(jobs)
+                bar.update(n)
+                if on_progress is not None:
+                    on_progress(n, len(jobs))
+        writer.close()
+    return frames, faces, mask_methods
 
 
 def record_identities(log: FaceLog, run: Anonymizing, embeddings: dict[int, np.ndarray], kept: dict[int, float],
