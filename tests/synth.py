@@ -267,6 +267,13 @@ def _tone(start: int, count: int, channels: int) -> np.ndarray:
     return out
 
 
+# x264's macroblock-tree rate control (on by default) does not repeat: the night clip came out as 4 different streams
+# in 10 runs (test_recall then missed 0, 1, 8 or 28 face-frames), and single-threaded the stream still changed with
+# unrelated memory allocations in the process. Without it: one stream in 10 runs and in 3x3 runs at once.
+# Camera encoders have no such lookahead anyway.
+REPEATABLE = "no-mbtree=1"
+
+
 def make_clip(
     path: str | Path,
     *,
@@ -285,7 +292,8 @@ def make_clip(
     """Write a clip of `sprites` moving over the background and return it with its ground truth.
 
     Video: libx264rgb qp 0 (rgb24, bit-exact) when `lossless`, else libx264 crf 18
-    yuv420p, or average `bitrate` (bit/s) yuv420p, QP <= 38, when given; pts = frame index in time base 1/fps;
+    yuv420p, or average `bitrate` (bit/s) yuv420p, QP <= 38, when given (both without macroblock tree, so that
+    a clip is the same stream on every run: REPEATABLE); pts = frame index in time base 1/fps;
     default x264 B-frames, so decode order differs from display order as in real files.
     `night`: the frames are darkened and get sensor noise before encoding (see Night).
     `bg`: the background (default: the brick wall of `background`).
@@ -303,14 +311,14 @@ def make_clip(
         if bitrate is not None:
             # QP capped as camera encoders do: x264's own rate control otherwise starves the first ~10 frames of a
             # short noisy clip to flat blocks (face boxes correlating < 0.3 with the scene), a start-up artefact.
-            vs = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "x264-params": "qpmax=38"})
+            vs = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "x264-params": f"qpmax=38:{REPEATABLE}"})
             vs.pix_fmt = "yuv420p"
             vs.bit_rate = bitrate
         elif lossless:
             vs = out.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "veryfast"})
             vs.pix_fmt = "rgb24"
         else:
-            vs = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+            vs = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast", "x264-params": REPEATABLE})
             vs.pix_fmt = "yuv420p"
         vs.width, vs.height = width, height
         vs.codec_context.time_base = Fraction(1, fps)
@@ -347,7 +355,8 @@ def reencode(src: Path, dst: Path, crf: int, tags: dict | None = None, frames: i
     with av.open(str(src)) as i, av.open(str(dst), "w", options=options) as o:
         o.metadata.update(tags or {})
         s_in = i.streams.video[0]
-        s = o.add_stream("libx264", rate=s_in.average_rate or 25, options={"crf": str(crf), "preset": "veryfast"})
+        s = o.add_stream("libx264", rate=s_in.average_rate or 25, options={"crf": str(crf), "preset": "veryfast",
+                                                                           "x264-params": REPEATABLE})
         s.width, s.height, s.pix_fmt = s_in.width, s_in.height, "yuv420p"
         s.time_base = s.codec_context.time_base = s_in.time_base
         for k, frame in enumerate(i.decode(s_in)):
