@@ -360,3 +360,17 @@ def test_online_tracker_with_weak_candidates_matches_the_whole_video_run():
         for a, b in zip(out, reference):
             np.testing.assert_array_equal(a.xyxy, b.xyxy)
             np.testing.assert_array_equal(a.track_id, b.track_id)
+
+
+def test_weak_candidate_on_the_prediction_beats_a_detection_merely_near_it():
+    """Night clip (one encoding): a false detection beside a face, above the threshold, took the face's track by
+    centre distance while the face itself scored below the threshold right where the track expected it, and the
+    face went uncovered. The weak candidate overlapping the prediction continues the track; the detection, kept
+    as every detection is, starts a track of its own."""
+    inp = [dets([box(100 + 2 * f, 100, 30)]) if f < 10 else dets([box(118 + 2 * f, 110, 20)]) for f in range(16)]
+    weak = [Detections.empty() if f < 10 else dets([box(100 + 2 * f, 100, 30)], [0.15]) for f in range(16)]
+    out = track_faces(inp, TrackerConfig(extend=0), weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    for f in range(10, 16):
+        assert out[f].track_id.tolist() == [1, 0]  # the false detection, then the face the tracker added
+        np.testing.assert_allclose(out[f].xyxy[1], box(100 + 2 * f, 100, 30))

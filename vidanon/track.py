@@ -62,7 +62,11 @@ A pair below the IoU threshold may still match on centre distance (at most
 `center_distance` times the mean face size, sizes within 2x): small fast faces
 move more than their own size's worth of IoU between frames, notably on a track's
 second frame where there is no velocity yet (a 20 px face moving 12 px/frame has
-IoU 0.25 with its previous box).
+IoU 0.25 with its previous box). Overlap comes first: the tracks are matched in
+four rounds, detections overlapping the prediction, then weak candidates
+overlapping it, then detections near it, then weak candidates near it; so a weak
+candidate on the prediction wins over a detection that is only near it (which
+then starts a track of its own: detections are never dropped).
 
 Why not a maintained tracker (roboflow `trackers` ByteTrack, `supervision`)?
 They drop unconfirmed and low-score detections and do not fill gaps, which
@@ -214,8 +218,8 @@ class Tracker:
         self._next += 1
         xyxy = dets.xyxy.astype(np.float64)
         marks = dets.landmarks.astype(np.float64)
-        matched = np.zeros(len(self._ids), bool)  # live tracks continued by a detection in this frame
-        track_of = self._associate(f, xyxy, matched)
+        weak_xyxy = np.empty((0, 4)) if weak is None else weak.xyxy.astype(np.float64)
+        track_of, weak_tracks, weak_rows = self._associate(f, xyxy, weak_xyxy)
         self._pending.append((dets.with_tracks(track_of), self._later.pop(f, [])))
         for row, tid in enumerate(track_of.tolist()):
             face = _Face(f, xyxy[row], marks[row], dets.score[row])
@@ -224,10 +228,13 @@ class Tracker:
                     self._sighting(tid, earlier)
                     self._add(tid, earlier)
             self._sighting(tid, face)
-        if weak is not None and len(weak):
-            unused = np.ones(len(weak), bool)
-            if (~matched).any():
-                unused = self._continue_weakly(f, weak, np.flatnonzero(~matched))
+        if len(weak_xyxy):
+            for tid, d in zip(weak_tracks.tolist(), weak_rows.tolist()):  # weak candidates continuing a track
+                face = _Face(f, weak_xyxy[d], landmarks_from_box(weak_xyxy[d]), float(weak.score[d]))
+                self._sighting(tid, face)
+                self._add(tid, face)
+            unused = np.ones(len(weak_xyxy), bool)
+            unused[weak_rows] = False
             if unused.any():  # kept for a new track to reach back to
                 self._weak[f] = (weak, unused)
         # Tracks that cannot be matched at the next frame have ended.
@@ -256,32 +263,6 @@ class Tracker:
             if len(track.head) == _VELOCITY_SPAN:
                 self._extend_back(tid)
         track.tail.append(face)
-
-    def _continue_weakly(self, f: int, weak: Detections, rows: np.ndarray) -> np.ndarray:
-        """Match weak candidates to the live tracks `rows` (not continued by a detection in frame f): only
-        those last detected at most `bridge` frames ago and predicted inside the frame. Returns which
-        candidates are left unused."""
-        steps = f - self._last[rows]
-        pred_c = self._state[rows, :2] + steps[:, None] * self._state[rows, 4:]
-        ok = f - self._strong[rows] <= self.config.bridge
-        if self.frame_size is not None:
-            width, height = self.frame_size
-            ok &= (pred_c[:, 0] >= 0) & (pred_c[:, 0] < width) & (pred_c[:, 1] >= 0) & (pred_c[:, 1] < height)
-        rows, pred_c = rows[ok], pred_c[ok]
-        unused = np.ones(len(weak), bool)
-        if not len(rows):
-            return unused
-        half = self._state[rows, 2:4] / 2
-        xyxy = weak.xyxy.astype(np.float64)
-        ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy, self._weak_config)
-        self._update(rows[ti], xyxy[di], f)
-        for r, d in zip(rows[ti].tolist(), di.tolist()):
-            tid = int(self._ids[r])
-            face = _Face(f, xyxy[d], landmarks_from_box(xyxy[d]), float(weak.score[d]))
-            self._sighting(tid, face)
-            self._add(tid, face)
-        unused[di] = False
-        return unused
 
     def _reach_back(self, face: _Face) -> list[_Face]:
         """The weak sightings of a face before its first detection `face`, oldest first: unused weak candidates
@@ -330,36 +311,64 @@ class Tracker:
         self._weak.clear()
         return out
 
-    def _associate(self, f: int, xyxy: np.ndarray, matched: np.ndarray) -> np.ndarray:
-        """Track id of each detection of frame f; unmatched ones start tracks, in row order.
-        Sets matched[row] for the live tracks (rows as before this call) that a detection continued."""
+    def _associate(self, f: int, xyxy: np.ndarray, weak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Match the live tracks to frame f's detections `xyxy` and weak candidates `weak` (boxes), and move them.
+        Returns the track id of each detection (unmatched ones start tracks, in row order) and the weak candidates
+        that continue a track: (track ids, candidate rows).
+
+        In four rounds, each an optimal matching (`_assign`) of the tracks still unmatched: detections that overlap
+        a track's predicted box (IoU), then weak candidates that overlap it, then detections near it (centre
+        distance), then weak candidates near it. So a weak candidate right where a track is expected wins over a
+        detection that is merely near: measured on the night clip, a false detection beside a face (scoring
+        above the threshold) took its track by centre distance while the face itself, scoring below it, sat on
+        the prediction; the face then went uncovered for 6 frames. The detection is not lost: it starts a track."""
         track_of = np.full(len(xyxy), -1, dtype=np.int64)
-        if not len(xyxy):
-            return track_of
-        boxes_cs = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-        new = np.arange(len(xyxy))
+        weak_tracks = weak_rows = np.empty(0, dtype=np.int64)
         if len(self._ids):
-            state = self._state
-            steps = f - self._last
-            pred_c = state[:, :2] + steps[:, None] * state[:, 4:]
-            half = state[:, 2:4] / 2
-            ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy, self.config)
-            self._update(ti, xyxy[di], f)
-            self._strong[ti] = f
-            matched[ti] = True
-            track_of[di] = self._ids[ti]
-            if len(di) == len(xyxy):
-                return track_of
-            new = np.setdiff1d(new, di)
+            pred_c = self._state[:, :2] + (f - self._last)[:, None] * self._state[:, 4:]
+            half = self._state[:, 2:4] / 2
+            pred = np.concatenate([pred_c - half, pred_c + half], axis=1)
+            # Weak candidates continue only tracks detected at most `bridge` frames ago and predicted in the frame.
+            bridging = f - self._strong <= self.config.bridge
+            if self.frame_size is not None:
+                width, height = self.frame_size
+                bridging &= (pred_c[:, 0] >= 0) & (pred_c[:, 0] < width) & (pred_c[:, 1] >= 0) & (pred_c[:, 1] < height)
+            free = np.ones(len(self._ids), bool)  # tracks not continued yet in this frame
+            det_free, weak_free = np.ones(len(xyxy), bool), np.ones(len(weak), bool)
+            by_det, by_weak = [], []
+            for overlap_only in (True, False):
+                for boxes, unused, config, found, may in ((xyxy, det_free, self.config, by_det, True),
+                                                          (weak, weak_free, self._weak_config, by_weak, bridging)):
+                    if overlap_only:
+                        config = replace(config, center_distance=0.0)
+                    rows, cols = np.flatnonzero(free & may), np.flatnonzero(unused)
+                    if len(rows) and len(cols):
+                        ti, di = _assign(pred[rows], boxes[cols], config)
+                        free[rows[ti]] = False
+                        unused[cols[di]] = False
+                        found.append((rows[ti], cols[di]))
+            if by_det:
+                ti, di = (np.concatenate(a) for a in zip(*by_det))
+                self._update(ti, xyxy[di], f)
+                self._strong[ti] = f
+                track_of[di] = self._ids[ti]
+            if by_weak:
+                ti, weak_rows = (np.concatenate(a) for a in zip(*by_weak))
+                self._update(ti, weak[weak_rows], f)
+                weak_tracks = self._ids[ti]
+        new = np.flatnonzero(track_of < 0)
+        if not len(new):
+            return track_of, weak_tracks, weak_rows
+        boxes_cs = np.concatenate([(xyxy[new, :2] + xyxy[new, 2:]) / 2, xyxy[new, 2:] - xyxy[new, :2]], axis=1)
         new_ids = self._n_tracks + np.arange(len(new))
         self._n_tracks += len(new)
         track_of[new] = new_ids
         self._ids = np.concatenate([self._ids, new_ids])
         self._last = np.concatenate([self._last, np.full(len(new), float(f))])
-        self._state = np.concatenate([self._state, np.concatenate([boxes_cs[new], np.zeros((len(new), 2))], axis=1)])
+        self._state = np.concatenate([self._state, np.concatenate([boxes_cs, np.zeros((len(new), 2))], axis=1)])
         self._gain = np.concatenate([self._gain, np.ones(len(new))])
         self._strong = np.concatenate([self._strong, np.full(len(new), float(f))])
-        return track_of
+        return track_of, weak_tracks, weak_rows
 
     def _add(self, tid: int, face: _Face) -> None:
         if face.frame >= self._next:
