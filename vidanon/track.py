@@ -38,8 +38,11 @@ best guess of where it is. A weak candidate is used only to continue a live
 track that no detection continued in this frame, by the same matching rule; it
 never starts a track, and one that continues none is discarded. Matched, it is
 a sighting like a detection (it ends a gap, moves the track on, and later gaps
-and extensions count from it) and becomes an added face with its own score and
-box, and landmarks placed in its box by the alignment's template: the landmarks
+and extensions count from it) and becomes an added face with its own score. Its
+box covers both the candidate's box and the box where the track expected the face:
+a weak candidate's box is imprecise, often a part of the face (mouth and chin, an
+eye) or shifted off it, and anonymized alone it left the eyes visible (night clip).
+Its landmarks are placed in that box by the alignment's template: the landmarks
 of a face that small and noisy are too unreliable to align with (measured on the
 night clip: eyes bunched on one side of the box, the mask off the face).
 So a track may cross a stretch without detections longer than max_gap, as
@@ -152,6 +155,12 @@ def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig) -> tuple[n
     return ti[good], di[good]
 
 
+def _cover(candidate: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The box anonymized for a weak candidate continuing a track: it and the box where the track expected the face.
+    A weak candidate's box is imprecise: often a part of the face (mouth and chin, an eye) or shifted off it."""
+    return np.concatenate([np.minimum(candidate[:2], expected[:2]), np.maximum(candidate[2:], expected[2:])])
+
+
 class _Face(NamedTuple):
     frame: int
     box: np.ndarray  # xyxy, float64
@@ -219,7 +228,7 @@ class Tracker:
         xyxy = dets.xyxy.astype(np.float64)
         marks = dets.landmarks.astype(np.float64)
         weak_xyxy = np.empty((0, 4)) if weak is None else weak.xyxy.astype(np.float64)
-        track_of, weak_tracks, weak_rows = self._associate(f, xyxy, weak_xyxy)
+        track_of, weak_tracks, weak_rows, expected = self._associate(f, xyxy, weak_xyxy)
         self._pending.append((dets.with_tracks(track_of), self._later.pop(f, [])))
         for row, tid in enumerate(track_of.tolist()):
             face = _Face(f, xyxy[row], marks[row], dets.score[row])
@@ -229,8 +238,9 @@ class Tracker:
                     self._add(tid, earlier)
             self._sighting(tid, face)
         if len(weak_xyxy):
-            for tid, d in zip(weak_tracks.tolist(), weak_rows.tolist()):  # weak candidates continuing a track
-                face = _Face(f, weak_xyxy[d], landmarks_from_box(weak_xyxy[d]), float(weak.score[d]))
+            for tid, d, pred in zip(weak_tracks.tolist(), weak_rows.tolist(), expected):  # weak ones continuing a track
+                box = _cover(weak_xyxy[d], pred)
+                face = _Face(f, box, landmarks_from_box(box), float(weak.score[d]))
                 self._sighting(tid, face)
                 self._add(tid, face)
             unused = np.ones(len(weak_xyxy), bool)
@@ -266,10 +276,11 @@ class Tracker:
 
     def _reach_back(self, face: _Face) -> list[_Face]:
         """The weak sightings of a face before its first detection `face`, oldest first: unused weak candidates
-        of pending frames, each matching the one after it (held box, the same matching rule), at most max_gap
-        frames apart and at most `bridge` frames back, staying clear of frames whose extension is final."""
+        of pending frames, each matching the one after it (held box, the same matching rule; its face covers both),
+        at most max_gap frames apart and at most `bridge` frames back, staying clear of frames whose extension is
+        final."""
         found: list[_Face] = []
-        after = face
+        after, expected = face, face.box  # the last sighting and where the face is expected before it (held)
         # A face found at frame g is extended back to g - extend, which must still be pending (or before frame 0).
         stop = max(face.frame - self.config.bridge, self._first_pending + self.config.extend if self._first_pending else 0)
         for g in range(face.frame - 1, stop - 1, -1):
@@ -282,11 +293,12 @@ class Tracker:
             if not len(rows):
                 continue
             xyxy = weak.xyxy[rows].astype(np.float64)
-            _, di = _assign(after.box[None], xyxy, self._weak_config)
+            _, di = _assign(expected[None], xyxy, self._weak_config)
             if len(di):
                 d = rows[di[0]]
                 unused[d] = False
-                after = _Face(g, xyxy[di[0]], landmarks_from_box(xyxy[di[0]]), float(weak.score[d]))
+                box = _cover(xyxy[di[0]], expected)
+                after, expected = _Face(g, box, landmarks_from_box(box), float(weak.score[d])), xyxy[di[0]]
                 found.append(after)
         return found[::-1]
 
@@ -311,10 +323,11 @@ class Tracker:
         self._weak.clear()
         return out
 
-    def _associate(self, f: int, xyxy: np.ndarray, weak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _associate(self, f: int, xyxy: np.ndarray, weak: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Match the live tracks to frame f's detections `xyxy` and weak candidates `weak` (boxes), and move them.
         Returns the track id of each detection (unmatched ones start tracks, in row order) and the weak candidates
-        that continue a track: (track ids, candidate rows).
+        that continue a track: (track ids, candidate rows, the tracks' predicted boxes).
 
         In four rounds, each an optimal matching (`_assign`) of the tracks still unmatched: detections that overlap
         a track's predicted box (IoU), then weak candidates that overlap it, then detections near it (centre
@@ -324,6 +337,7 @@ class Tracker:
         the prediction; the face then went uncovered for 6 frames. The detection is not lost: it starts a track."""
         track_of = np.full(len(xyxy), -1, dtype=np.int64)
         weak_tracks = weak_rows = np.empty(0, dtype=np.int64)
+        expected = np.empty((0, 4))
         if len(self._ids):
             pred_c = self._state[:, :2] + (f - self._last)[:, None] * self._state[:, 4:]
             half = self._state[:, 2:4] / 2
@@ -355,10 +369,10 @@ class Tracker:
             if by_weak:
                 ti, weak_rows = (np.concatenate(a) for a in zip(*by_weak))
                 self._update(ti, weak[weak_rows], f)
-                weak_tracks = self._ids[ti]
+                weak_tracks, expected = self._ids[ti], pred[ti]
         new = np.flatnonzero(track_of < 0)
         if not len(new):
-            return track_of, weak_tracks, weak_rows
+            return track_of, weak_tracks, weak_rows, expected
         boxes_cs = np.concatenate([(xyxy[new, :2] + xyxy[new, 2:]) / 2, xyxy[new, 2:] - xyxy[new, :2]], axis=1)
         new_ids = self._n_tracks + np.arange(len(new))
         self._n_tracks += len(new)
@@ -368,7 +382,7 @@ class Tracker:
         self._state = np.concatenate([self._state, np.concatenate([boxes_cs, np.zeros((len(new), 2))], axis=1)])
         self._gain = np.concatenate([self._gain, np.ones(len(new))])
         self._strong = np.concatenate([self._strong, np.full(len(new), float(f))])
-        return track_of, weak_tracks, weak_rows
+        return track_of, weak_tracks, weak_rows, expected
 
     def _add(self, tid: int, face: _Face) -> None:
         if face.frame >= self._next:
