@@ -394,3 +394,17 @@ def test_a_weak_candidate_covering_part_of_a_face_is_anonymized_with_the_whole_e
     assert out[10].track_id.tolist() == [0] and out[10].score[0] == np.float32(0.1)
     x0, y0, x1, y1 = out[10].xyxy[0]
     assert x0 <= 100.5 and y0 <= 80.5 and x1 >= 139.5 and y1 >= 122  # box(120, 100) and the candidate
+
+
+def test_a_weak_candidate_on_part_of_the_face_does_not_shrink_the_track():
+    """Night clip: a face out of the detector's reach was continued by a weak candidate on its mouth and chin (14x18 px
+    on a 29x40 px face), the track took that size and moved down, and the weak candidates on the whole face in the
+    frames after no longer matched it: up to 20 frames uncovered. A weak candidate moves a track only halfway
+    towards it, and the track keeps its size."""
+    inp = [dets([box(100 + 3 * f, 100)]) if f < 10 else Detections.empty() for f in range(30)]
+    weak = [Detections.empty() if f < 10 else dets([box(130, 114, 20)], [0.06]) if f == 10 else
+            dets([box(100 + 3 * f, 100)], [0.08]) for f in range(30)]
+    out = track_faces(inp, TrackerConfig(extend=0), weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    assert all(o.track_id.tolist() == [0] for o in out)
+    assert all(iou(out[f].xyxy[0], box(100 + 3 * f, 100)) > 0.7 for f in range(30))

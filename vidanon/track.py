@@ -35,8 +35,13 @@ Weak candidates (the ByteTrack idea; `push(dets, weak)`): faces the detector
 scored below its threshold but above a much lower floor. At night a small face
 in noise often scores below the threshold in most frames while still being the
 best guess of where it is. A weak candidate is used only to continue a live
-track that no detection continued in this frame, by the same matching rule; it
-never starts a track, and one that continues none is discarded. Matched, it is
+track that no detection continued in this frame; it never starts a track, and
+one that continues none is discarded. Its box says where the face is more than
+how big it is (it is often a part of the face: mouth and chin, an eye): it matches
+a track by overlap with the predicted box or by a centre within half the track's
+face size of the predicted centre (only a candidate over twice the track's size
+is refused), and it moves the track halfway from its predicted centre towards its
+own, keeping the track's size (that of its detections). Matched, it is
 a sighting like a detection (it ends a gap, moves the track on, and later gaps
 and extensions count from it) and becomes an added face with its own score. Its
 box covers both the candidate's box and the box where the track expected the face:
@@ -93,7 +98,8 @@ _NO_MATCH = 1e9  # cost of a pair that may not match; finite so the solver alway
 _FALLBACK = 1e3  # base cost of a centre-distance match: above any sum of IoU costs
 _MAX_SIZE_RATIO = 2.0  # a face does not double in size between two sightings
 _VELOCITY_SPAN = 5  # detections used to estimate a track end's velocity for extension
-_WEAK_CENTER_DISTANCE = 0.5
+_WEAK_CENTER_DISTANCE = 0.5  # in the track's face size
+_WEAK_GAIN = 0.5  # how far a weak candidate moves a track from where it expected the face towards it
 
 
 @dataclass(frozen=True)
@@ -122,22 +128,27 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _add_distance_matches(
-    cost: np.ndarray, pred: np.ndarray, det: np.ndarray, config: TrackerConfig
+    cost: np.ndarray, pred: np.ndarray, det: np.ndarray, config: TrackerConfig, weak: bool = False
 ) -> np.ndarray:
     """Let pairs without an IoU match match on centre distance, at a cost above any
-    IoU match (so the solver uses them only where IoU alone leaves a face unmatched)."""
-    scale_p = np.sqrt(np.maximum((pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1]), 0))
-    scale_d = np.sqrt(np.maximum((det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1]), 0))
+    IoU match (so the solver uses them only where IoU alone leaves a face unmatched).
+    Distance in mean face sizes, sizes within 2x; for `weak` candidates, whose size says little (often a part
+    of the face), in the track's face size, and a candidate may be smaller than half the track's face."""
+    scale_p = np.sqrt(np.maximum((pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1]), 0))[:, None]
+    scale_d = np.sqrt(np.maximum((det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1]), 0))[None]
     offset = (pred[:, None, :2] + pred[:, None, 2:] - det[None, :, :2] - det[None, :, 2:]) / 2
-    mean_scale = np.maximum((scale_p[:, None] + scale_d[None]) / 2, 1e-9)
-    dist = np.hypot(offset[..., 0], offset[..., 1]) / mean_scale
-    small = np.maximum(np.minimum(scale_p[:, None], scale_d[None]), 1e-9)
-    big = np.maximum(scale_p[:, None], scale_d[None])
-    near = (dist <= config.center_distance) & (big / small <= _MAX_SIZE_RATIO)
+    if weak:
+        dist = np.hypot(offset[..., 0], offset[..., 1]) / np.maximum(scale_p, 1e-9)
+        near = (dist <= config.center_distance) & (scale_d <= _MAX_SIZE_RATIO * scale_p)
+    else:
+        dist = np.hypot(offset[..., 0], offset[..., 1]) / np.maximum((scale_p + scale_d) / 2, 1e-9)
+        sizes = np.maximum(scale_p, scale_d) / np.maximum(np.minimum(scale_p, scale_d), 1e-9)
+        near = (dist <= config.center_distance) & (sizes <= _MAX_SIZE_RATIO)
     return np.where((cost == _NO_MATCH) & near, _FALLBACK + dist, cost)
 
 
-def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig) -> tuple[np.ndarray, np.ndarray]:
+def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig, weak: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Optimal matching of predicted track boxes to detections: (track rows, detection rows).
 
     Costs: 1 - IoU for IoU matches, _FALLBACK + distance for centre-distance matches,
@@ -149,10 +160,15 @@ def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig) -> tuple[n
     ti, di = linear_sum_assignment(cost)
     good = cost[ti, di] < _NO_MATCH
     if config.center_distance > 0 and good.sum() < min(cost.shape):
-        cost = _add_distance_matches(cost, pred, det, config)
+        cost = _add_distance_matches(cost, pred, det, config, weak)
         ti, di = linear_sum_assignment(cost)
         good = cost[ti, di] < _NO_MATCH
     return ti[good], di[good]
+
+
+def _halfway(expected: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Where a weak candidate centred at `seen` puts a face expected at `expected`: halfway, as its box is imprecise."""
+    return expected + _WEAK_GAIN * (seen - expected)
 
 
 def _cover(candidate: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -210,7 +226,7 @@ class Tracker:
         # Live tracks (those that may still be matched), one row each, for the vectorized matching.
         self._ids = np.empty(0, dtype=np.int64)
         self._last = np.empty(0)  # frame of the last detection
-        self._state = np.empty((0, 6))  # centre x, y, width, height, velocity x, y (px/frame)
+        self._state = np.empty((0, 6))  # centre x, y, width, height (of its last detection), velocity x, y (px/frame)
         self._gain = np.empty(0)  # velocity update weight: 1 for a track's first measurement, then 1/2
         self._strong = np.empty(0)  # frame of the last detection (not weak candidate)
         self._tracks: dict[int, _Track] = {}
@@ -281,6 +297,7 @@ class Tracker:
         final."""
         found: list[_Face] = []
         after, expected = face, face.box  # the last sighting and where the face is expected before it (held)
+        half = (face.box[2:] - face.box[:2]) / 2  # the size of the detection, kept
         # A face found at frame g is extended back to g - extend, which must still be pending (or before frame 0).
         stop = max(face.frame - self.config.bridge, self._first_pending + self.config.extend if self._first_pending else 0)
         for g in range(face.frame - 1, stop - 1, -1):
@@ -293,22 +310,30 @@ class Tracker:
             if not len(rows):
                 continue
             xyxy = weak.xyxy[rows].astype(np.float64)
-            _, di = _assign(expected[None], xyxy, self._weak_config)
+            _, di = _assign(expected[None], xyxy, self._weak_config, weak=True)
             if len(di):
                 d = rows[di[0]]
                 unused[d] = False
                 box = _cover(xyxy[di[0]], expected)
-                after, expected = _Face(g, box, landmarks_from_box(box), float(weak.score[d])), xyxy[di[0]]
+                after = _Face(g, box, landmarks_from_box(box), float(weak.score[d]))
+                centre = _halfway((expected[:2] + expected[2:]) / 2, (xyxy[di[0], :2] + xyxy[di[0], 2:]) / 2)
+                expected = np.concatenate([centre - half, centre + half])
                 found.append(after)
         return found[::-1]
 
-    def _update(self, rows: np.ndarray, xyxy: np.ndarray, f: int) -> None:
-        """Move the live tracks `rows` to their new boxes `xyxy`, seen in frame f."""
-        boxes_cs = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+    def _update(self, rows: np.ndarray, xyxy: np.ndarray, f: int, weak: bool = False) -> None:
+        """Move the live tracks `rows` to their new boxes `xyxy`, seen in frame f. Boxes of `weak` candidates
+        only move a track halfway from its predicted centre towards theirs, and keep its size."""
         state = self._state
-        measured = (boxes_cs[:, :2] - state[rows, :2]) / (f - self._last[rows])[:, None]
+        steps = (f - self._last[rows])[:, None]
+        centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2
+        if weak:
+            centre = _halfway(state[rows, :2] + steps * state[rows, 4:], centre)
+        else:
+            state[rows, 2:4] = xyxy[:, 2:] - xyxy[:, :2]
+        measured = (centre - state[rows, :2]) / steps
         state[rows, 4:] += self._gain[rows, None] * (measured - state[rows, 4:])  # halves detector jitter
-        state[rows, :4] = boxes_cs
+        state[rows, :2] = centre
         self._gain[rows] = 0.5
         self._last[rows] = f
 
@@ -351,13 +376,14 @@ class Tracker:
             det_free, weak_free = np.ones(len(xyxy), bool), np.ones(len(weak), bool)
             by_det, by_weak = [], []
             for overlap_only in (True, False):
-                for boxes, unused, config, found, may in ((xyxy, det_free, self.config, by_det, True),
-                                                          (weak, weak_free, self._weak_config, by_weak, bridging)):
+                for is_weak, boxes, unused, config, found, may in (
+                        (False, xyxy, det_free, self.config, by_det, True),
+                        (True, weak, weak_free, self._weak_config, by_weak, bridging)):
                     if overlap_only:
                         config = replace(config, center_distance=0.0)
                     rows, cols = np.flatnonzero(free & may), np.flatnonzero(unused)
                     if len(rows) and len(cols):
-                        ti, di = _assign(pred[rows], boxes[cols], config)
+                        ti, di = _assign(pred[rows], boxes[cols], config, is_weak)
                         free[rows[ti]] = False
                         unused[cols[di]] = False
                         found.append((rows[ti], cols[di]))
@@ -368,7 +394,7 @@ class Tracker:
                 track_of[di] = self._ids[ti]
             if by_weak:
                 ti, weak_rows = (np.concatenate(a) for a in zip(*by_weak))
-                self._update(ti, weak[weak_rows], f)
+                self._update(ti, weak[weak_rows], f, weak=True)
                 weak_tracks, expected = self._ids[ti], pred[ti]
         new = np.flatnonzero(track_of < 0)
         if not len(new):
