@@ -221,6 +221,7 @@ class Tracker:
         self.frame_size = frame_size
         # Weak candidates include noise: they match a track more strictly than detections do.
         self._weak_config = replace(config, center_distance=min(config.center_distance, _WEAK_CENTER_DISTANCE))
+        self._overlap_only = replace(config, center_distance=0.0)  # the first rounds of matching (_associate)
         self._next = 0  # index of the next frame to push
         self._n_tracks = 0
         # Live tracks (those that may still be matched), one row each, for the vectorized matching.
@@ -377,10 +378,9 @@ class Tracker:
             by_det, by_weak = [], []
             for overlap_only in (True, False):
                 for is_weak, boxes, unused, config, found, may in (
-                        (False, xyxy, det_free, self.config, by_det, True),
-                        (True, weak, weak_free, self._weak_config, by_weak, bridging)):
-                    if overlap_only:
-                        config = replace(config, center_distance=0.0)
+                        (False, xyxy, det_free, self._overlap_only if overlap_only else self.config, by_det, True),
+                        (True, weak, weak_free, self._overlap_only if overlap_only else self._weak_config, by_weak,
+                         bridging)):
                     rows, cols = np.flatnonzero(free & may), np.flatnonzero(unused)
                     if len(rows) and len(cols):
                         ti, di = _assign(pred[rows], boxes[cols], config, is_weak)
