@@ -45,8 +45,8 @@ own, keeping the track's size (that of its detections). Matched, it is
 a sighting like a detection (it ends a gap, moves the track on, and later gaps
 and extensions count from it) and becomes an added face with its own score. Its
 box covers both the candidate's box and the box where the track expected the face:
-a weak candidate's box is imprecise, often a part of the face (mouth and chin, an
-eye) or shifted off it, and anonymized alone it left the eyes visible (night clip).
+anonymized alone, a candidate's box (part of the face, or shifted off it) left the
+eyes visible (night clip).
 Its landmarks are placed in that box by the alignment's template: the landmarks
 of a face that small and noisy are too unreliable to align with (measured on the
 night clip: eyes bunched on one side of the box, the mask off the face).
