@@ -25,6 +25,12 @@ def box(cx: float, cy: float, s: float = 40.0) -> list[float]:
     return [cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2]
 
 
+def iou(a, b) -> float:
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a, b
+    inter = max(min(ax1, bx1) - max(ax0, bx0), 0) * max(min(ay1, by1) - max(ay0, by0), 0)
+    return inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
+
+
 def own_ids(out: list[Detections], inp: list[Detections]) -> list[np.ndarray]:
     """Track ids of each frame's input rows (the first rows of the output)."""
     return [o.track_id[: len(i)] for o, i in zip(out, inp)]
@@ -292,8 +298,8 @@ def test_weak_candidates_carry_a_track_across_a_long_gap():
     out = track_faces(inp, config, weak=weak, frame_size=(640, 360))
     check_contract(inp, out)
     assert all(o.track_id.tolist() == [0] for o in out)
-    for f in range(65):
-        np.testing.assert_allclose(out[f].xyxy[0], box(100 + 3 * f, 100), atol=3)
+    for f in range(65):  # on the face (a weak sighting's box also covers where the track expected the face)
+        assert iou(out[f].xyxy[0], box(100 + 3 * f, 100)) > 0.75
     assert out[8].score[0] == np.float32(0.04) and out[8].interpolated[0]  # a weak sighting, added by the tracker
     # Without the weak candidates the gap of 55 frames splits the face into two tracks and leaves it uncovered.
     plain = track_faces(inp, config)
@@ -360,3 +366,45 @@ def test_online_tracker_with_weak_candidates_matches_the_whole_video_run():
         for a, b in zip(out, reference):
             np.testing.assert_array_equal(a.xyxy, b.xyxy)
             np.testing.assert_array_equal(a.track_id, b.track_id)
+
+
+def test_weak_candidate_on_the_prediction_beats_a_detection_merely_near_it():
+    """Night clip (one encoding): a false detection beside a face, above the threshold, took the face's track by
+    centre distance while the face itself scored below the threshold right where the track expected it, and the
+    face went uncovered. The weak candidate overlapping the prediction continues the track; the detection, kept
+    as every detection is, starts a track of its own."""
+    inp = [dets([box(100 + 2 * f, 100, 30)]) if f < 10 else dets([box(118 + 2 * f, 110, 20)]) for f in range(16)]
+    weak = [Detections.empty() if f < 10 else dets([box(100 + 2 * f, 100, 30)], [0.15]) for f in range(16)]
+    out = track_faces(inp, TrackerConfig(extend=0), weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    for f in range(10, 16):
+        assert out[f].track_id.tolist() == [1, 0]  # the false detection, then the face the tracker added
+        np.testing.assert_allclose(out[f].xyxy[1], box(100 + 2 * f, 100, 30))
+
+
+def test_a_weak_candidate_covering_part_of_a_face_is_anonymized_with_the_whole_expected_face():
+    """Night clip: weak candidates are often a part of the face (mouth and chin, an eye) or shifted off it; anonymized
+    with their own box, the face's eyes stayed visible. The face added for one covers the box where the track
+    expected the face as well."""
+    inp = [dets([box(100 + 2 * f, 100)]) if f != 10 else Detections.empty() for f in range(20)]
+    chin = box(120, 110, 24)  # the lower middle of the face at frame 10, box(120, 100)
+    weak = [dets([chin], [0.1]) if f == 10 else Detections.empty() for f in range(20)]
+    out = track_faces(inp, TrackerConfig(extend=0), weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    assert out[10].track_id.tolist() == [0] and out[10].score[0] == np.float32(0.1)
+    x0, y0, x1, y1 = out[10].xyxy[0]
+    assert x0 <= 100.5 and y0 <= 80.5 and x1 >= 139.5 and y1 >= 122  # box(120, 100) and the candidate
+
+
+def test_a_weak_candidate_on_part_of_the_face_does_not_shrink_the_track():
+    """Night clip: a face out of the detector's reach was continued by a weak candidate on its mouth and chin (14x18 px
+    on a 29x40 px face), the track took that size and moved down, and the weak candidates on the whole face in the
+    frames after no longer matched it: up to 20 frames uncovered. A weak candidate moves a track only halfway
+    towards it, and the track keeps its size."""
+    inp = [dets([box(100 + 3 * f, 100)]) if f < 10 else Detections.empty() for f in range(30)]
+    weak = [Detections.empty() if f < 10 else dets([box(130, 114, 20)], [0.06]) if f == 10 else
+            dets([box(100 + 3 * f, 100)], [0.08]) for f in range(30)]
+    out = track_faces(inp, TrackerConfig(extend=0), weak=weak, frame_size=(640, 360))
+    check_contract(inp, out)
+    assert all(o.track_id.tolist() == [0] for o in out)
+    assert all(iou(out[f].xyxy[0], box(100 + 3 * f, 100)) > 0.7 for f in range(30))

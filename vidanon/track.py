@@ -35,11 +35,19 @@ Weak candidates (the ByteTrack idea; `push(dets, weak)`): faces the detector
 scored below its threshold but above a much lower floor. At night a small face
 in noise often scores below the threshold in most frames while still being the
 best guess of where it is. A weak candidate is used only to continue a live
-track that no detection continued in this frame, by the same matching rule; it
-never starts a track, and one that continues none is discarded. Matched, it is
+track that no detection continued in this frame; it never starts a track, and
+one that continues none is discarded. Its box says where the face is more than
+how big it is (it is often a part of the face: mouth and chin, an eye): it matches
+a track by overlap with the predicted box or by a centre within half the track's
+face size of the predicted centre (only a candidate over twice the track's size
+is refused), and it moves the track halfway from its predicted centre towards its
+own, keeping the track's size (that of its detections). Matched, it is
 a sighting like a detection (it ends a gap, moves the track on, and later gaps
-and extensions count from it) and becomes an added face with its own score and
-box, and landmarks placed in its box by the alignment's template: the landmarks
+and extensions count from it) and becomes an added face with its own score. Its
+box covers both the candidate's box and the box where the track expected the face:
+anonymized alone, a candidate's box (part of the face, or shifted off it) left the
+eyes visible (night clip).
+Its landmarks are placed in that box by the alignment's template: the landmarks
 of a face that small and noisy are too unreliable to align with (measured on the
 night clip: eyes bunched on one side of the box, the mask off the face).
 So a track may cross a stretch without detections longer than max_gap, as
@@ -62,7 +70,11 @@ A pair below the IoU threshold may still match on centre distance (at most
 `center_distance` times the mean face size, sizes within 2x): small fast faces
 move more than their own size's worth of IoU between frames, notably on a track's
 second frame where there is no velocity yet (a 20 px face moving 12 px/frame has
-IoU 0.25 with its previous box).
+IoU 0.25 with its previous box). Overlap comes first: the tracks are matched in
+four rounds, detections overlapping the prediction, then weak candidates
+overlapping it, then detections near it, then weak candidates near it; so a weak
+candidate on the prediction wins over a detection that is only near it (which
+then starts a track of its own: detections are never dropped).
 
 Why not a maintained tracker (roboflow `trackers` ByteTrack, `supervision`)?
 They drop unconfirmed and low-score detections and do not fill gaps, which
@@ -86,7 +98,8 @@ _NO_MATCH = 1e9  # cost of a pair that may not match; finite so the solver alway
 _FALLBACK = 1e3  # base cost of a centre-distance match: above any sum of IoU costs
 _MAX_SIZE_RATIO = 2.0  # a face does not double in size between two sightings
 _VELOCITY_SPAN = 5  # detections used to estimate a track end's velocity for extension
-_WEAK_CENTER_DISTANCE = 0.5
+_WEAK_CENTER_DISTANCE = 0.5  # in the track's face size
+_WEAK_GAIN = 0.5  # how far a weak candidate moves a track from where it expected the face towards it
 
 
 @dataclass(frozen=True)
@@ -115,22 +128,27 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _add_distance_matches(
-    cost: np.ndarray, pred: np.ndarray, det: np.ndarray, config: TrackerConfig
+    cost: np.ndarray, pred: np.ndarray, det: np.ndarray, config: TrackerConfig, weak: bool = False
 ) -> np.ndarray:
     """Let pairs without an IoU match match on centre distance, at a cost above any
-    IoU match (so the solver uses them only where IoU alone leaves a face unmatched)."""
-    scale_p = np.sqrt(np.maximum((pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1]), 0))
-    scale_d = np.sqrt(np.maximum((det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1]), 0))
+    IoU match (so the solver uses them only where IoU alone leaves a face unmatched).
+    Distance in mean face sizes, sizes within 2x; for `weak` candidates, whose size says little (often a part
+    of the face), in the track's face size, and a candidate may be smaller than half the track's face."""
+    scale_p = np.sqrt(np.maximum((pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1]), 0))[:, None]
+    scale_d = np.sqrt(np.maximum((det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1]), 0))[None]
     offset = (pred[:, None, :2] + pred[:, None, 2:] - det[None, :, :2] - det[None, :, 2:]) / 2
-    mean_scale = np.maximum((scale_p[:, None] + scale_d[None]) / 2, 1e-9)
-    dist = np.hypot(offset[..., 0], offset[..., 1]) / mean_scale
-    small = np.maximum(np.minimum(scale_p[:, None], scale_d[None]), 1e-9)
-    big = np.maximum(scale_p[:, None], scale_d[None])
-    near = (dist <= config.center_distance) & (big / small <= _MAX_SIZE_RATIO)
+    if weak:
+        dist = np.hypot(offset[..., 0], offset[..., 1]) / np.maximum(scale_p, 1e-9)
+        near = (dist <= config.center_distance) & (scale_d <= _MAX_SIZE_RATIO * scale_p)
+    else:
+        dist = np.hypot(offset[..., 0], offset[..., 1]) / np.maximum((scale_p + scale_d) / 2, 1e-9)
+        sizes = np.maximum(scale_p, scale_d) / np.maximum(np.minimum(scale_p, scale_d), 1e-9)
+        near = (dist <= config.center_distance) & (sizes <= _MAX_SIZE_RATIO)
     return np.where((cost == _NO_MATCH) & near, _FALLBACK + dist, cost)
 
 
-def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig) -> tuple[np.ndarray, np.ndarray]:
+def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig, weak: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Optimal matching of predicted track boxes to detections: (track rows, detection rows).
 
     Costs: 1 - IoU for IoU matches, _FALLBACK + distance for centre-distance matches,
@@ -142,10 +160,21 @@ def _assign(pred: np.ndarray, det: np.ndarray, config: TrackerConfig) -> tuple[n
     ti, di = linear_sum_assignment(cost)
     good = cost[ti, di] < _NO_MATCH
     if config.center_distance > 0 and good.sum() < min(cost.shape):
-        cost = _add_distance_matches(cost, pred, det, config)
+        cost = _add_distance_matches(cost, pred, det, config, weak)
         ti, di = linear_sum_assignment(cost)
         good = cost[ti, di] < _NO_MATCH
     return ti[good], di[good]
+
+
+def _halfway(expected: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Where a weak candidate centred at `seen` puts a face expected at `expected`: halfway, as its box is imprecise."""
+    return expected + _WEAK_GAIN * (seen - expected)
+
+
+def _cover(candidate: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The box anonymized for a weak candidate continuing a track: it and the box where the track expected the face.
+    A weak candidate's box is imprecise: often a part of the face (mouth and chin, an eye) or shifted off it."""
+    return np.concatenate([np.minimum(candidate[:2], expected[:2]), np.maximum(candidate[2:], expected[2:])])
 
 
 class _Face(NamedTuple):
@@ -192,12 +221,13 @@ class Tracker:
         self.frame_size = frame_size
         # Weak candidates include noise: they match a track more strictly than detections do.
         self._weak_config = replace(config, center_distance=min(config.center_distance, _WEAK_CENTER_DISTANCE))
+        self._overlap_only = replace(config, center_distance=0.0)  # the first rounds of matching (_associate)
         self._next = 0  # index of the next frame to push
         self._n_tracks = 0
         # Live tracks (those that may still be matched), one row each, for the vectorized matching.
         self._ids = np.empty(0, dtype=np.int64)
         self._last = np.empty(0)  # frame of the last detection
-        self._state = np.empty((0, 6))  # centre x, y, width, height, velocity x, y (px/frame)
+        self._state = np.empty((0, 6))  # centre x, y, width, height (of its last detection), velocity x, y (px/frame)
         self._gain = np.empty(0)  # velocity update weight: 1 for a track's first measurement, then 1/2
         self._strong = np.empty(0)  # frame of the last detection (not weak candidate)
         self._tracks: dict[int, _Track] = {}
@@ -214,8 +244,8 @@ class Tracker:
         self._next += 1
         xyxy = dets.xyxy.astype(np.float64)
         marks = dets.landmarks.astype(np.float64)
-        matched = np.zeros(len(self._ids), bool)  # live tracks continued by a detection in this frame
-        track_of = self._associate(f, xyxy, matched)
+        weak_xyxy = np.empty((0, 4)) if weak is None else weak.xyxy.astype(np.float64)
+        track_of, weak_tracks, weak_rows, expected = self._associate(f, xyxy, weak_xyxy)
         self._pending.append((dets.with_tracks(track_of), self._later.pop(f, [])))
         for row, tid in enumerate(track_of.tolist()):
             face = _Face(f, xyxy[row], marks[row], dets.score[row])
@@ -224,10 +254,14 @@ class Tracker:
                     self._sighting(tid, earlier)
                     self._add(tid, earlier)
             self._sighting(tid, face)
-        if weak is not None and len(weak):
-            unused = np.ones(len(weak), bool)
-            if (~matched).any():
-                unused = self._continue_weakly(f, weak, np.flatnonzero(~matched))
+        if len(weak_xyxy):
+            for tid, d, pred in zip(weak_tracks.tolist(), weak_rows.tolist(), expected):  # weak ones continuing a track
+                box = _cover(weak_xyxy[d], pred)
+                face = _Face(f, box, landmarks_from_box(box), float(weak.score[d]))
+                self._sighting(tid, face)
+                self._add(tid, face)
+            unused = np.ones(len(weak_xyxy), bool)
+            unused[weak_rows] = False
             if unused.any():  # kept for a new track to reach back to
                 self._weak[f] = (weak, unused)
         # Tracks that cannot be matched at the next frame have ended.
@@ -257,38 +291,14 @@ class Tracker:
                 self._extend_back(tid)
         track.tail.append(face)
 
-    def _continue_weakly(self, f: int, weak: Detections, rows: np.ndarray) -> np.ndarray:
-        """Match weak candidates to the live tracks `rows` (not continued by a detection in frame f): only
-        those last detected at most `bridge` frames ago and predicted inside the frame. Returns which
-        candidates are left unused."""
-        steps = f - self._last[rows]
-        pred_c = self._state[rows, :2] + steps[:, None] * self._state[rows, 4:]
-        ok = f - self._strong[rows] <= self.config.bridge
-        if self.frame_size is not None:
-            width, height = self.frame_size
-            ok &= (pred_c[:, 0] >= 0) & (pred_c[:, 0] < width) & (pred_c[:, 1] >= 0) & (pred_c[:, 1] < height)
-        rows, pred_c = rows[ok], pred_c[ok]
-        unused = np.ones(len(weak), bool)
-        if not len(rows):
-            return unused
-        half = self._state[rows, 2:4] / 2
-        xyxy = weak.xyxy.astype(np.float64)
-        ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy, self._weak_config)
-        self._update(rows[ti], xyxy[di], f)
-        for r, d in zip(rows[ti].tolist(), di.tolist()):
-            tid = int(self._ids[r])
-            face = _Face(f, xyxy[d], landmarks_from_box(xyxy[d]), float(weak.score[d]))
-            self._sighting(tid, face)
-            self._add(tid, face)
-        unused[di] = False
-        return unused
-
     def _reach_back(self, face: _Face) -> list[_Face]:
         """The weak sightings of a face before its first detection `face`, oldest first: unused weak candidates
-        of pending frames, each matching the one after it (held box, the same matching rule), at most max_gap
-        frames apart and at most `bridge` frames back, staying clear of frames whose extension is final."""
+        of pending frames, each matching the one after it (held box, the same matching rule; its face covers both),
+        at most max_gap frames apart and at most `bridge` frames back, staying clear of frames whose extension is
+        final."""
         found: list[_Face] = []
-        after = face
+        after, expected = face, face.box  # the last sighting and where the face is expected before it (held)
+        half = (face.box[2:] - face.box[:2]) / 2  # the size of the detection, kept
         # A face found at frame g is extended back to g - extend, which must still be pending (or before frame 0).
         stop = max(face.frame - self.config.bridge, self._first_pending + self.config.extend if self._first_pending else 0)
         for g in range(face.frame - 1, stop - 1, -1):
@@ -301,21 +311,30 @@ class Tracker:
             if not len(rows):
                 continue
             xyxy = weak.xyxy[rows].astype(np.float64)
-            _, di = _assign(after.box[None], xyxy, self._weak_config)
+            _, di = _assign(expected[None], xyxy, self._weak_config, weak=True)
             if len(di):
                 d = rows[di[0]]
                 unused[d] = False
-                after = _Face(g, xyxy[di[0]], landmarks_from_box(xyxy[di[0]]), float(weak.score[d]))
+                box = _cover(xyxy[di[0]], expected)
+                after = _Face(g, box, landmarks_from_box(box), float(weak.score[d]))
+                centre = _halfway((expected[:2] + expected[2:]) / 2, (xyxy[di[0], :2] + xyxy[di[0], 2:]) / 2)
+                expected = np.concatenate([centre - half, centre + half])
                 found.append(after)
         return found[::-1]
 
-    def _update(self, rows: np.ndarray, xyxy: np.ndarray, f: int) -> None:
-        """Move the live tracks `rows` to their new boxes `xyxy`, seen in frame f."""
-        boxes_cs = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+    def _update(self, rows: np.ndarray, xyxy: np.ndarray, f: int, weak: bool = False) -> None:
+        """Move the live tracks `rows` to their new boxes `xyxy`, seen in frame f. Boxes of `weak` candidates
+        only move a track halfway from its predicted centre towards theirs, and keep its size."""
         state = self._state
-        measured = (boxes_cs[:, :2] - state[rows, :2]) / (f - self._last[rows])[:, None]
+        steps = (f - self._last[rows])[:, None]
+        centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2
+        if weak:
+            centre = _halfway(state[rows, :2] + steps * state[rows, 4:], centre)
+        else:
+            state[rows, 2:4] = xyxy[:, 2:] - xyxy[:, :2]
+        measured = (centre - state[rows, :2]) / steps
         state[rows, 4:] += self._gain[rows, None] * (measured - state[rows, 4:])  # halves detector jitter
-        state[rows, :4] = boxes_cs
+        state[rows, :2] = centre
         self._gain[rows] = 0.5
         self._last[rows] = f
 
@@ -330,36 +349,66 @@ class Tracker:
         self._weak.clear()
         return out
 
-    def _associate(self, f: int, xyxy: np.ndarray, matched: np.ndarray) -> np.ndarray:
-        """Track id of each detection of frame f; unmatched ones start tracks, in row order.
-        Sets matched[row] for the live tracks (rows as before this call) that a detection continued."""
+    def _associate(self, f: int, xyxy: np.ndarray, weak: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Match the live tracks to frame f's detections `xyxy` and weak candidates `weak` (boxes), and move them.
+        Returns the track id of each detection (unmatched ones start tracks, in row order) and the weak candidates
+        that continue a track: (track ids, candidate rows, the tracks' predicted boxes).
+
+        In four rounds, each an optimal matching (`_assign`) of the tracks still unmatched: detections that overlap
+        a track's predicted box (IoU), then weak candidates that overlap it, then detections near it (centre
+        distance), then weak candidates near it. So a weak candidate right where a track is expected wins over a
+        detection that is merely near: measured on the night clip, a false detection beside a face (scoring
+        above the threshold) took its track by centre distance while the face itself, scoring below it, sat on
+        the prediction; the face then went uncovered for 6 frames. The detection is not lost: it starts a track."""
         track_of = np.full(len(xyxy), -1, dtype=np.int64)
-        if not len(xyxy):
-            return track_of
-        boxes_cs = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-        new = np.arange(len(xyxy))
+        weak_tracks = weak_rows = np.empty(0, dtype=np.int64)
+        expected = np.empty((0, 4))
         if len(self._ids):
-            state = self._state
-            steps = f - self._last
-            pred_c = state[:, :2] + steps[:, None] * state[:, 4:]
-            half = state[:, 2:4] / 2
-            ti, di = _assign(np.concatenate([pred_c - half, pred_c + half], axis=1), xyxy, self.config)
-            self._update(ti, xyxy[di], f)
-            self._strong[ti] = f
-            matched[ti] = True
-            track_of[di] = self._ids[ti]
-            if len(di) == len(xyxy):
-                return track_of
-            new = np.setdiff1d(new, di)
+            pred_c = self._state[:, :2] + (f - self._last)[:, None] * self._state[:, 4:]
+            half = self._state[:, 2:4] / 2
+            pred = np.concatenate([pred_c - half, pred_c + half], axis=1)
+            # Weak candidates continue only tracks detected at most `bridge` frames ago and predicted in the frame.
+            bridging = f - self._strong <= self.config.bridge
+            if self.frame_size is not None:
+                width, height = self.frame_size
+                bridging &= (pred_c[:, 0] >= 0) & (pred_c[:, 0] < width) & (pred_c[:, 1] >= 0) & (pred_c[:, 1] < height)
+            free = np.ones(len(self._ids), bool)  # tracks not continued yet in this frame
+            det_free, weak_free = np.ones(len(xyxy), bool), np.ones(len(weak), bool)
+            by_det, by_weak = [], []
+            for overlap_only in (True, False):
+                for is_weak, boxes, unused, config, found, may in (
+                        (False, xyxy, det_free, self._overlap_only if overlap_only else self.config, by_det, True),
+                        (True, weak, weak_free, self._overlap_only if overlap_only else self._weak_config, by_weak,
+                         bridging)):
+                    rows, cols = np.flatnonzero(free & may), np.flatnonzero(unused)
+                    if len(rows) and len(cols):
+                        ti, di = _assign(pred[rows], boxes[cols], config, is_weak)
+                        free[rows[ti]] = False
+                        unused[cols[di]] = False
+                        found.append((rows[ti], cols[di]))
+            if by_det:
+                ti, di = (np.concatenate(a) for a in zip(*by_det))
+                self._update(ti, xyxy[di], f)
+                self._strong[ti] = f
+                track_of[di] = self._ids[ti]
+            if by_weak:
+                ti, weak_rows = (np.concatenate(a) for a in zip(*by_weak))
+                self._update(ti, weak[weak_rows], f, weak=True)
+                weak_tracks, expected = self._ids[ti], pred[ti]
+        new = np.flatnonzero(track_of < 0)
+        if not len(new):
+            return track_of, weak_tracks, weak_rows, expected
+        boxes_cs = np.concatenate([(xyxy[new, :2] + xyxy[new, 2:]) / 2, xyxy[new, 2:] - xyxy[new, :2]], axis=1)
         new_ids = self._n_tracks + np.arange(len(new))
         self._n_tracks += len(new)
         track_of[new] = new_ids
         self._ids = np.concatenate([self._ids, new_ids])
         self._last = np.concatenate([self._last, np.full(len(new), float(f))])
-        self._state = np.concatenate([self._state, np.concatenate([boxes_cs[new], np.zeros((len(new), 2))], axis=1)])
+        self._state = np.concatenate([self._state, np.concatenate([boxes_cs, np.zeros((len(new), 2))], axis=1)])
         self._gain = np.concatenate([self._gain, np.ones(len(new))])
         self._strong = np.concatenate([self._strong, np.full(len(new), float(f))])
-        return track_of
+        return track_of, weak_tracks, weak_rows, expected
 
     def _add(self, tid: int, face: _Face) -> None:
         if face.frame >= self._next:
