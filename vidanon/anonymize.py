@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import binding, keys, stages
 from .align import crop_face, face_affine, landmarks_in_crop, paste_weights
 from .config import Config
-from .detect import Detections, detect_upright, make_detector, split_weak
+from .detect import Detections, detect_upright, detector_input, make_detector, split_weak
 from .diffusion import make_schedule
 from .errors import InputError, VidanonError
 from .identity import BestFaces, Recognizer, closest, load_recognizer, photo_embedding, seal_identity
@@ -76,7 +76,7 @@ def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector, progres
             contextlib.closing(frames):
         for frame in frames:
             with stages.CPU_BUSY:
-                dets = detect_upright(detector, frame.rgb, info.rotation)
+                dets = detect_upright(detector, detector_input(frame.rgb, cfg.detect_blur), info.rotation)
             yield from tracker.push(*split_weak(dets, threshold))
             bar.update()
     yield from tracker.finish()

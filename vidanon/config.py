@@ -34,6 +34,7 @@ class Config:
     threshold: float | None = None  # detector score threshold; None = the detector's own default
     min_face: int = 20  # smallest face height in pixels the detector is run to find
     floor: float = 0.05  # weak candidates down to this score may continue a tracked face (never start one)
+    detect_blur: float = 0.8  # sigma (px) of a Gaussian blur of the detector's input, never of the output; 0 = off
     mask: str = "auto"  # auto (parser if its weights are cached, else landmarks) | parser | landmarks
     parser_weights: str | None = None  # path to BiSeNet face-parsing ONNX; None = user cache / download
     feather: int = 8  # px of soft edge outside the replaced region when pasting back
@@ -64,6 +65,7 @@ class Config:
             (self.threshold is None or 0 < self.threshold < 1, "threshold must be in (0, 1)"),
             (0 < self.floor < 1, "floor must be in (0, 1)"),
             (self.bridge >= 0, "bridge must be >= 0"),
+            (self.detect_blur >= 0, "detect_blur must be >= 0"),
             (self.detector in ("centerface", "scrfd"), "detector must be centerface or scrfd"),
             (self.recognizer in ("dlib", "arcface"), "recognizer must be dlib or arcface"),
             (self.preset in X264_PRESETS, f"preset must be one of {', '.join(X264_PRESETS)}"),
@@ -83,8 +85,8 @@ class Config:
 FIELDS = {f.name for f in fields(Config)}
 # The settings that change what an output looks like (not batch_size, device, compile: those change only
 # how fast it is made). A rerun redoes a file whose manifest recorded other values.
-OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "floor", "bridge", "min_face", "mask", "feather", "max_gap",
-                   "extend", "iou_threshold", "lossless", "crf", "preset", "seal", "index_identities")
+OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "floor", "detect_blur", "bridge", "min_face", "mask", "feather",
+                   "max_gap", "extend", "iou_threshold", "lossless", "crf", "preset", "seal", "index_identities")
 
 
 def changed_settings(recorded: dict, cfg: Config) -> list[str]:

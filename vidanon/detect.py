@@ -56,6 +56,7 @@ __all__ = [
     "DETECTOR_NAMES",
     "onnx_providers",
     "detect_upright",
+    "detector_input",
     "make_detector",
     "split_weak",
 ]
@@ -394,6 +395,19 @@ def detect_upright(detector: Detector, rgb: np.ndarray, rotation: int) -> Detect
     x2, y2 = back(dets.xyxy[:, 2], dets.xyxy[:, 3])
     xyxy = np.stack([np.minimum(x1, x2), np.minimum(y1, y2), np.maximum(x1, x2), np.maximum(y1, y2)], axis=1)
     return replace(dets, xyxy=xyxy.astype(np.float32), landmarks=np.stack([cx, cy], -1).astype(np.float32))
+
+
+def detector_input(rgb: np.ndarray, blur: float) -> np.ndarray:
+    """The frame as the detector is given it: blurred by a Gaussian of sigma `blur` px (0: as it is).
+
+    A light blur takes sensor noise and compression blocks off small faces in dark, low-bitrate footage, where
+    CenterFace otherwise scores them below its threshold for whole clips. Only the detector sees it; the output
+    video is made from the frame as decoded. Measured (docs/benchmarks.md, "Recall on small faces at night"):
+    sigma 0.8 misses no face of the night test clip more, and no daylight face, while at night it finds many
+    more (noise sigma 16 at 75 kbit/s, 80 px faces: 0 of 120 face-frames missed against 75); sigma 1.0-1.2 lost
+    clean 20 px faces and faces of the night test clip. It costs under a millisecond per 800x450 frame.
+    """
+    return rgb if blur <= 0 else cv2.GaussianBlur(rgb, (0, 0), blur)
 
 
 def make_detector(

@@ -120,6 +120,10 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
                         "one: they keep small faces in dark, noisy video covered; X = the threshold turns them off; "
                         "below 0.05 noise starts to pull tracks off faces (docs/tracking.md) "
                         f"(default: {D.floor})")
+    p.add_argument("--detect-blur", type=float, metavar="SIGMA",
+                   help="blur the frames the detector is given (never the output) by a Gaussian of SIGMA px: finds "
+                        "more small faces in dark, noisy video (docs/benchmarks.md); 0 turns it off "
+                        f"(default: {D.detect_blur})")
     p.add_argument("--bridge", type=int, metavar="N",
                    help=f"frames a tracked face may be covered by weak candidates alone (default: {D.bridge})")
     p.add_argument("--min-face", type=int, metavar="PX",
