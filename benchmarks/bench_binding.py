@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
                          faces_distance(synth.reencode(other, work / f"o{k}.mp4", 35), faces)))
     print(f"fingerprint distance (median RMS over {len(faces)} faces, luma levels); model {args.model}, "
           f"{args.steps} steps, {args.frames} frames")
-    print(f"| case | distance |\n|---|---|")
+    print("| case | distance |\n|---|---|")
     for name, d in rows:
         print(f"| {name} | {d:.2f} |")
     mild = max(d for name, d in rows if name.startswith(("as written", *(f"re-encoded, crf {c}" for c in CRFS if c <= 28))))

@@ -38,7 +38,7 @@ import bench_recall  # noqa: E402
 import synth  # noqa: E402
 
 from vidanon import detect  # noqa: E402
-from vidanon.align import crop_face, face_affine, landmarks_in_crop, paste_weights  # noqa: E402
+from vidanon.align import face_affine, landmarks_in_crop, paste_weights  # noqa: E402
 from vidanon.config import Config  # noqa: E402
 from vidanon.detections import Detections  # noqa: E402
 from vidanon.masks import face_mask, paste_alpha  # noqa: E402
