@@ -40,6 +40,7 @@ def test_config_layering_and_errors(tmp_path):
     ("threshold: 1.5\n", "threshold must be in"),
     ("preset: quick\n", "preset must be one of"),
     ("detector: yolo\n", "detector must be"),
+    ("detect_blur: -1\n", "detect_blur must be >= 0"),
 ])
 def test_config_values_are_type_checked_naming_the_file(tmp_path, text, message):
     f = tmp_path / "c.yaml"
