@@ -74,14 +74,19 @@ def test_crop_face_partly_outside_the_frame():
     a = ffhq_affine(face_landmarks(30.0, 10.0, (5, 230)))  # about three quarters off-frame
     crop = crop_face(frame, a)
     assert crop.shape == (CROP_SIZE, CROP_SIZE, 3) and crop.dtype == np.uint8
-    # Where the crop samples the inside of the frame, it is the plain bilinear warp.
+    # Where the crop samples the inside of the frame, it is the plain bilinear warp: the border rule changes nothing
+    # there. Both are OpenCV's fixed-point resampling, whose code paths for the two border modes may round apart
+    # (opencv 5.1 differs from itself by one level in 21 of 56,619 pixels), so within one level, not bit for bit.
     plain = cv2.warpAffine(frame, a, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     inv = cv2.invertAffineTransform(a)
     ys, xs = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE]
     fx, fy = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2], inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
     inside = (fx > 1) & (fx < 318) & (fy > 1) & (fy < 238)
     assert 0.05 < inside.mean() < 0.5
-    np.testing.assert_array_equal(crop[inside], plain[inside])
+    diff = np.abs(crop[inside].astype(int) - plain[inside].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    # Outside the frame the crop is mirrored in, never black.
+    assert crop[~inside].mean() > 50
 
 
 @pytest.mark.parametrize("shape,centre", [((240, 320, 3), (-5000, 7000)), ((9, 17, 3), (8, 4)), ((1, 1, 3), (0, 0))])

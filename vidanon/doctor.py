@@ -76,6 +76,34 @@ def _pyav() -> str:
     return f"{av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))})"
 
 
+OPENCV_BUILDS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def opencv_builds() -> list[str]:
+    """The OpenCV distributions installed: each installs the same `cv2` module over the others."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in OPENCV_BUILDS:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _opencv() -> str:
+    builds = opencv_builds()
+    if len(builds) > 1:  # they overwrite each other's files: which one runs depends on the install order
+        raise RuntimeError(f"{len(builds)} OpenCV builds installed ({', '.join(builds)}); keep one: "
+                           "pip uninstall -y opencv-python-headless && pip install --force-reinstall opencv-python")
+    try:
+        import cv2
+    except ImportError as e:
+        raise RuntimeError(f"cv2 does not load ({e}); on a slim server image: apt install libgl1 libglib2.0-0") from None
+    return f"{cv2.__version__} ({', '.join(builds) or 'no pip distribution'})"
+
+
 def _encoder(name: str) -> Callable[[], str]:
     def probe() -> str:
         import av
@@ -98,7 +126,7 @@ def checks() -> list[Row]:
     from .detect import SCRFD_LICENCE_NOTE
 
     rows = [Row("vidanon", __version__), Row("python", f"{sys.version.split()[0]} ({sys.executable})"),
-            _probe("torch", _torch), _probe("CUDA", _cuda), _probe("onnxruntime", _onnxruntime), _probe("PyAV", _pyav)]
+            _probe("torch", _torch), _probe("CUDA", _cuda), _probe("onnxruntime", _onnxruntime), _probe("PyAV", _pyav), _probe("OpenCV", _opencv)]
     rows += [_probe(f"encoder {name}", _encoder(name)) for name in ("libx264", "libx264rgb", "aac")]
     rows.append(_probe("CenterFace ONNX", lambda: f"yes ({centerface_path()})"))
     rows.append(Row("SCRFD", "optional; " + SCRFD_LICENCE_NOTE))
@@ -128,7 +156,12 @@ def pull(name: str) -> Path | None:
         return masks.cache_dir()
     if name == "testing:gaussian":
         return None
-    source = model_source(name)
+    try:
+        source = model_source(name)
+    except ModelNotFoundError:  # offer what can be pulled: not the built-in test model
+        pullable = [alias for alias, m in KNOWN_MODELS.items() if m.repo] + ["face-parser"]
+        raise ModelNotFoundError(f"model {name!r}: not a hub id (owner/repo[/subfolder]) nor one of "
+                                 f"{', '.join(pullable)}, which `vidanon models pull` fetches") from None
     if resolve_model_name(name)[2] is None and hub_offline():
         raise ModelNotFoundError(f"cannot fetch model {name!r} ({source}): Hugging Face offline mode is on "
                                  "(HF_HUB_OFFLINE=1); pull it on a connected machine and copy the cache "
