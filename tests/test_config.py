@@ -70,3 +70,45 @@ def test_device_is_checked_with_the_config():
     with pytest.raises(InputError, match="device must be auto, cpu, cuda or cuda:N"):
         Config(device="gpu")
     assert Config(device="cuda:1").device == "cuda:1"
+
+
+# One other valid value for each setting that changes the output. A new output setting must be added here
+# (the test below fails until it is), so that a rerun with it changed is seen to redo the file.
+OTHER_VALUE = {"model": "celebahq", "steps": 9, "detector": "scrfd", "threshold": 0.35, "min_face": 24, "floor": 0.1,
+               "detect_blur": 0.0, "mask": "auto", "parser_weights": "other.onnx", "feather": 4, "max_gap": 6,
+               "extend": 2, "iou_threshold": 0.4, "bridge": 10, "lossless": True, "crf": 23, "preset": "fast",
+               "seal": False, "index_identities": True, "recognizer": "arcface"}
+SPEED_ONLY = {"batch_size": 3, "device": "cpu", "compile": True}
+
+
+@pytest.fixture(scope="module")
+def done_output(tmp_path_factory):
+    """A complete output (video and manifest) of a 2-frame clip, made with BASE."""
+    import synth
+    from vidanon.anonymize import anonymize_video
+
+    work = tmp_path_factory.mktemp("rerun")
+    (work / "in").mkdir()
+    clip = synth.make_clip(work / "in" / "a.mp4", width=160, height=120, frames=2, audio=False)
+    anonymize_video(clip.path, work / "out" / "a.mp4", bytes(32), BASE, progress=False)
+    return work / "in", work / "out"
+
+
+BASE = Config(model="testing:gaussian", steps=2, mask="landmarks", device="cpu")
+
+
+def test_every_output_setting_changed_alone_redoes_the_file(done_output):
+    from vidanon import folder_run
+    from vidanon.config import OUTPUT_SETTINGS
+
+    src, out = done_output
+    assert set(OTHER_VALUE) == set(OUTPUT_SETTINGS) and not set(SPEED_ONLY) & set(OUTPUT_SETTINGS)
+    assert "recognizer" in OUTPUT_SETTINGS  # the one a rerun once skipped as done
+    [same] = folder_run.plan([src], out, BASE)
+    assert same.status == "skipped"
+    for name, value in OTHER_VALUE.items():
+        [job] = folder_run.plan([src], out, Config(**{**BASE.to_dict(), name: value}))
+        assert job.status == "pending" and job.overwrite and name in job.redo, (name, job.reason)
+    for name, value in SPEED_ONLY.items():  # how fast it is made, not what it holds
+        [job] = folder_run.plan([src], out, Config(**{**BASE.to_dict(), name: value}))
+        assert job.status == "skipped", (name, job.reason)

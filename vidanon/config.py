@@ -7,7 +7,7 @@ The resolved config is recorded in every manifest.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -23,13 +23,19 @@ _NAMES = {"str": "a string", "int": "a whole number", "bool": "true or false", "
           "float | None": "a number or null", "str | None": "a string or null"}
 
 
+def speed_only(default):
+    """A setting that changes how fast an output is made, never what it holds. Every other field changes the output
+    (config.OUTPUT_SETTINGS), so a setting added without thought errs on the side of redoing a file."""
+    return field(default=default, metadata={"speed_only": True})
+
+
 @dataclass(frozen=True)
 class Config:
     model: str = "ffhq"  # alias (ffhq, celebahq), hub id owner/repo[/subfolder], local folder, or testing:gaussian
     steps: int = 50  # DDIM steps for inversion and denoising (paper: 50)
-    batch_size: int = 0  # faces per diffusion batch; 0 = auto (32 on GPU, 4 on CPU)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the UNet (GPU: faster after a one-off compile per batch shape)
+    batch_size: int = speed_only(0)  # faces per diffusion batch; 0 = auto (32 on GPU, 4 on CPU)
+    device: str = speed_only("auto")  # auto | cpu | cuda | cuda:N
+    compile: bool = speed_only(False)  # torch.compile the UNet (GPU: faster after a one-off compile per batch shape)
     detector: str = "centerface"  # centerface (offline, MIT) | scrfd (insightface, non-commercial licence)
     threshold: float | None = None  # detector score threshold; None = the detector's own default
     min_face: int = 20  # smallest face height in pixels the detector is run to find
@@ -83,11 +89,9 @@ class Config:
 
 
 FIELDS = {f.name for f in fields(Config)}
-# The settings that change what an output looks like (not batch_size, device, compile: those change only
-# how fast it is made). A rerun redoes a file whose manifest recorded other values.
-OUTPUT_SETTINGS = ("model", "steps", "detector", "threshold", "floor", "detect_blur", "bridge", "min_face", "mask", "feather",
-                   "max_gap", "extend", "iou_threshold", "lossless", "crf", "preset", "seal", "index_identities")
-
+# The settings that change what an output holds: every field but the speed-only ones (batch_size, device,
+# compile). A rerun redoes a file whose manifest recorded other values.
+OUTPUT_SETTINGS = tuple(f.name for f in fields(Config) if not f.metadata.get("speed_only"))
 
 def changed_settings(recorded: dict, cfg: Config) -> list[str]:
     """'name old -> new' for each output-changing setting in which `cfg` differs from the settings a
