@@ -102,8 +102,8 @@ def test_16_byte_key_accepted(tmp_path):
     [
         ("vidanon-key-v1:AAAA\n", "3 bytes"),
         ("vidanon-key-v1:not*base64\n", "malformed"),
-        ("hello\n", "not a vidanon master key"),
-        ("", "not a vidanon master key"),
+        ("hello\n", "not a vidanon key file"),
+        ("", "not a vidanon key file"),
         ("vidanon-key-v1:" + "A" * 64 + "\n", "48 bytes"),
     ],
 )
@@ -122,6 +122,20 @@ def test_world_readable_key_file_is_refused(tmp_path):
     os.chmod(path, 0o644)
     with pytest.raises(KeyFileError, match="readable by others.*chmod 600"):
         keys.load_master_key(path)
+
+
+@pytest.mark.parametrize("content", ["# vidanon\n\nReversible face anonymization \u2014 for CCTV video.\n", "x" * 10_000])
+def test_a_file_that_is_no_key_is_refused_as_such_before_its_permissions(tmp_path, content):
+    """`--key-file README.md`: one line saying it is not a key file and what one is, not a chmod hint first."""
+    path = tmp_path / "README.md"
+    path.write_text(content)
+    os.chmod(path, 0o644)
+    for load in (keys.load_master_key, keys.load_track_key, keys.load_key):
+        with pytest.raises(KeyFileError) as e:
+            load(path)
+        message = str(e.value)
+        assert message.startswith(f"{path}: not a vidanon key file") and "chmod" not in message and "\n" not in message
+        assert keys.MASTER_PREFIX in message and "vidanon keygen" in message
 
 
 def test_missing_key_file(tmp_path):

@@ -64,29 +64,36 @@ def _write_secret(path: Path, line: str, overwrite: bool) -> None:
         raise KeyFileError(f"{path}: cannot write key file ({e.strerror or e})") from None
 
 
+KEY_FILE_IS = ("a key file is one plain ASCII line, '" + MASTER_PREFIX + "...' as `vidanon keygen` writes it or '"
+               + TRACK_PREFIX + "...' as `vidanon export-key` writes it")
+MAX_KEY_FILE = 4096  # bytes: a key file is one short line; a video passed by mistake is not read whole
+
+
 def _read_secret(path: Path) -> str:
+    """The key file's line. What is not a key file is refused as such first, before its permissions are
+    judged: `--key-file README.md` is a wrong file, not a key to chmod."""
     path = Path(path)
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path}: is not a file")
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"{path}: key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-            )
-        data = path.read_bytes()
+            raise KeyFileError(f"{path}: is not a file ({KEY_FILE_IS})")
+        with path.open("rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file not found") from None
     except OSError as e:
         raise KeyFileError(f"{path}: cannot read key file ({e.strerror or e})") from None
     if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
         raise KeyFileError(f"{path}: not a vidanon key file (it starts with a byte-order mark, as some editors "
-                           "save text; a key file is one plain ASCII line)")
-    try:
-        return data.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise KeyFileError(f"{path}: not a vidanon key file (it holds binary data; a key file is one plain ASCII "
-                           "line, as `vidanon keygen` writes it)") from None
+                           f"save text; {KEY_FILE_IS})")
+    text = data.decode("ascii", errors="replace").strip()
+    if len(data) > MAX_KEY_FILE or not text.isascii() or not text.startswith((MASTER_PREFIX, TRACK_PREFIX)):
+        raise KeyFileError(f"{path}: not a vidanon key file ({KEY_FILE_IS})")
+    if st.st_mode & 0o077:
+        raise KeyFileError(
+            f"{path}: key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+        )
+    return text
 
 
 def save_master_key(path: str | os.PathLike, key: bytes, *, overwrite: bool = False) -> None:
