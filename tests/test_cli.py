@@ -137,10 +137,10 @@ def test_dry_run_rerun_and_overwrite(root, tree, master_key):
     src, out, _ = tree
     before = tree_state(root)
     p = vidanon(root, "anonymize", "in", "-o", "out", "--key-file", master_key, "--dry-run", *FAST)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # a dry run probes the inputs too: the two bad files would fail
     assert tree_state(root) == before  # writes nothing
     rows = {line.split()[1]: line.split()[0] for line in p.stdout.splitlines()[1:-1]}
-    assert rows == {**{f"in/{g}": "skipped" for g in GOOD}, "in/cam2/broken.mp4": "todo", "in/notes.mp4": "todo"}
+    assert rows == {**{f"in/{g}": "skipped" for g in GOOD}, "in/cam2/broken.mp4": "failed", "in/notes.mp4": "failed"}
 
     # Without the bad files a rerun has nothing to do: everything skipped, exit 0, outputs untouched.
     (root / "bad").mkdir()
@@ -326,7 +326,7 @@ def test_key_files_are_guarded(root, master_key, tree):
     garbage.write_text("this is not a key\n")
     garbage.chmod(0o600)
     p = vidanon(root, "anonymize", "in", "-o", "out_g", "--key-file", garbage, *FAST)
-    assert p.returncode == 2 and "not a vidanon master key file" in one_line_error(p)
+    assert p.returncode == 2 and "not a vidanon key file" in one_line_error(p)
 
     shared = root / "shared.key"
     shared.write_bytes(before)
@@ -502,7 +502,7 @@ def test_help_shows_defaults(root):
         assert "".join(expected.split()) in a, expected
     assert "(default:themodelrecordedinthemanifest)" in text["deanonymize"]
     assert "Steps,diffusionschedule,masksandencoding(losslessorcrf)comefromthemanifest" in text["deanonymize"]
-    assert "about10xlarger" in a and "High4:4:4Predictive" in a
+    assert "about12xlarger" in a and "High4:4:4Predictive" in a
     assert "(default:alltracksthekeyopens)" in text["deanonymize"]
     assert "(default:atable)" in text["inspect"]
 
@@ -523,6 +523,10 @@ def test_doctor_and_models_offline(root):
     assert pull.returncode == 2
     err = one_line_error(pull)
     assert "'ffhq'" in err and "PolLabarbarie/diffusion-signflip-anon-face" in err and "HF_HUB_OFFLINE" in err
+    [nosuch] = run_all(root, [["models", "pull", "nosuch"]])
+    err = one_line_error(nosuch)  # what can be pulled; the built-in test model is not among it
+    assert nosuch.returncode == 2 and "'nosuch'" in err and "ffhq, celebahq, face-parser" in err
+    assert "testing:gaussian" not in err
 
 
 # --- last: no key anywhere ----------------------------------------------------------------------
@@ -595,3 +599,62 @@ def test_bad_settings_and_outputs_stop_before_any_file(tmp_path):
 def test_inspect_of_a_missing_video_says_the_video_is_missing(tmp_path):
     p = vidanon(tmp_path, "inspect", "nothere.mp4")
     assert p.returncode == 2 and "nothere.mp4: no such file" in one_line_error(p)
+
+
+# --- a new user's first runs: nothing silent, nothing slow to refuse -------------------------------------
+
+
+def test_keygen_if_missing_keeps_the_key_so_the_quick_start_runs_twice(tmp_path):
+    first = vidanon(tmp_path, "keygen", "--if-missing", "-o", "demo.key")
+    key = (tmp_path / "demo.key").read_bytes()
+    again = vidanon(tmp_path, "keygen", "--if-missing", "-o", "demo.key")
+    assert first.returncode == 0 and again.returncode == 0, again.stderr
+    assert "wrote a new master key" in first.stdout and "kept the existing master key in demo.key" in again.stdout
+    assert (tmp_path / "demo.key").read_bytes() == key and (tmp_path / "demo.key").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    p = vidanon(tmp_path, "keygen", "--if-missing", "-o", "notes.txt")  # a file that is no key is never taken for one
+    assert p.returncode == 2 and "notes.txt: not a vidanon key file" in one_line_error(p)
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+    p = vidanon(tmp_path, "keygen", "-o", "demo.key")  # without --if-missing: refused, as before
+    assert p.returncode == 2 and "refusing to overwrite" in one_line_error(p)
+
+
+def test_a_bad_input_is_refused_before_any_model_loads_and_q_never_hides_it(tmp_path):
+    """A text file named .mp4 fails at once, naming the file, with -q too; the default model (not in this empty
+    cache) is never loaded for it. A dry run probes as well and lists it as refused, with the reason."""
+    vidanon(tmp_path, "keygen", "-o", "demo.key")
+    (tmp_path / "notavideo.mp4").write_text("not a video\n")
+    base = ["anonymize", "notavideo.mp4", "-o", "out", "--key-file", "demo.key"]
+    quiet, dry = run_all(tmp_path, [[*base, "-q"], [*base, "--dry-run"]])
+    assert quiet.returncode == 1 and quiet.stdout == ""
+    assert one_line_error(quiet).startswith("vidanon: error: notavideo.mp4: not a readable video file")
+    assert dry.returncode == 1, dry.stderr
+    [line] = [line for line in dry.stdout.splitlines() if "notavideo.mp4" in line]
+    assert line.startswith("failed") and "not a readable video file" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_parser_note_comes_once_per_run_and_never_under_q(tmp_path):
+    """--mask auto without parser weights: one note for a folder of two files; none with -q."""
+    vidanon(tmp_path, "keygen", "-o", "demo.key")
+    (tmp_path / "in").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        synth.make_clip(tmp_path / "in" / name, width=160, height=120, frames=2, audio=False)
+    fast = [a for a in FAST if a not in ("--mask", "landmarks")]
+    normal, quiet = run_all(tmp_path, [["anonymize", "in", "-o", out, "--key-file", "demo.key", *fast, *q]
+                                       for out, q in (("out1", []), ("out2", ["-q"]))])
+    assert normal.returncode == 0 and quiet.returncode == 0, normal.stderr + quiet.stderr
+    assert normal.stderr.count("face-parsing weights") == 1 and "vidanon: note: no face-parsing weights" in normal.stderr
+    assert quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_the_library_draws_no_progress_bar_into_a_log(tmp_path, capsys):
+    """anonymize_video(progress=True), the library default, with stderr redirected: no bar, no escape codes."""
+    from vidanon.anonymize import anonymize_video
+    from vidanon.config import Config
+
+    clip = synth.make_clip(tmp_path / "a.mp4", width=160, height=120, frames=2, audio=False)
+    anonymize_video(clip.path, tmp_path / "out" / "a.mp4", bytes(32),
+                    Config(model="testing:gaussian", mask="landmarks", steps=2, device="cpu"), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b[" not in err and "frame/s" not in err and "it/s" not in err, err

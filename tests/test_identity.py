@@ -174,11 +174,15 @@ def test_manifest_holds_no_embedding_in_the_clear(indexed):
 def test_keep_photo_leaves_the_requester_untouched(indexed):
     work, clip, out, photo = indexed
     kept_out = work / "kept" / "cam.mp4"
-    anonymize_video(clip.path, kept_out, MASTER, FAST, progress=False, keep_photos=[photo])
+    result = anonymize_video(clip.path, kept_out, MASTER, FAST, progress=False, keep_photos=[photo])
     man = inspect_video(kept_out)
     me = track_of(man, clip, 0)
     kept = {t.id: t.kept for t in man.tracks if t.kept is not None}
     assert list(kept) == [me] and kept[me].distance < 0.5
+    # Counted apart: the kept faces are not "anonymized", and the others are.
+    others = [t for t in man.tracks if t.id != me]
+    assert (result.kept_tracks, result.kept_faces) == (1, len(man.track(me).faces))
+    assert (result.tracks, result.faces) == (len(others), sum(len(t.faces) for t in others))
     assert all(f.sealed is None and f.original is None for f in man.track(me).faces)
     assert not any(t.identity for t in man.tracks)  # keeping makes no template unless asked
     assert "photo" not in (kept_out.parent / "cam.vidanon.json").read_text()
@@ -224,3 +228,40 @@ def test_without_the_extra_or_the_arcface_pack_the_message_says_how(monkeypatch,
         DlibRecognizer()
     with pytest.raises(ModelNotFoundError, match="non-commercial research only"):
         ArcFaceRecognizer(root=tmp_path, download=False)
+
+
+def test_kept_tracks_are_labelled_kept_in_inspect_and_the_summary(indexed, tmp_path, capsys):
+    """--keep-photo: inspect's table and JSON, the contact sheet and the run's summary say which tracks show the
+    real face, never "anonymized" for them, and count their faces apart."""
+    import cv2
+
+    work, clip, out, photo = indexed
+    shutil.copy(clip.path, tmp_path / "cam.mp4")
+    key = tmp_path / "master.key"
+    keys.save_master_key(key, MASTER)
+    code = main(["anonymize", str(tmp_path / "cam.mp4"), "-o", str(tmp_path / "out"), "--key-file", str(key),
+                 "--keep-photo", str(photo), "--model", "testing:gaussian", "--mask", "landmarks", "--steps", "2",
+                 "--device", "cpu", "--lossless"])
+    summary = capsys.readouterr().out
+    assert code == 0
+    video = tmp_path / "out" / "cam.mp4"
+    man = inspect_video(video)
+    me = track_of(man, clip, 0)
+    n_kept = len(man.track(me).faces)
+    assert f"{n_kept} faces of 1 track kept visible" in summary, summary
+    assert f"faces anonymized in {len(man.tracks) - 1} tracks" in summary
+
+    assert main(["inspect", str(video), "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)["tracks"]}
+    assert rows[me]["kept"] is True and rows[me]["kept_distance"] < 0.5
+    assert all(r["kept"] is False and r["kept_distance"] is None for tid, r in rows.items() if tid != me)
+    sheet = tmp_path / "sheet.png"
+    assert main(["inspect", str(video), "--contact-sheet", str(sheet)]) == 0
+    table = capsys.readouterr().out
+    assert "(1 kept visible)" in table.splitlines()[0]
+    lines = {int(line.split()[0]): line for line in table.splitlines()[2:] if line.split() and line.split()[0].isdigit()}
+    assert "KEPT VISIBLE" in lines[me] and all("anonymized" in lines[t] and "KEPT" not in lines[t] for t in lines if t != me)
+    from vidanon.contact_sheet import KEPT, LABEL_W
+
+    picture = cv2.imread(str(sheet))
+    assert (picture[:, :LABEL_W] == KEPT).all(axis=2).any()  # the kept track's label, drawn in its own colour

@@ -1,6 +1,5 @@
 """Face masks: landmark fallback, latent mask, paste alpha, and the ONNX face parser on a model built here."""
 
-import logging
 
 import cv2
 import numpy as np
@@ -19,6 +18,7 @@ from vidanon.masks import (
     load_face_parser,
     paste_alpha,
 )
+from vidanon.progress import NOTE
 
 # The astronaut's face in skimage.data.astronaut(), as CenterFace finds it (insightface order).
 ASTRONAUT = np.array([[203.15, 101.68], [247.01, 104.51], [223.26, 125.08], [203.38, 142.33], [241.33, 144.42]])
@@ -175,7 +175,7 @@ def test_cache_dir_honours_environment(tmp_path, monkeypatch):
 def test_load_face_parser_from_cache_or_download(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("VIDANON_CACHE", str(tmp_path / "cache"))
     cached = tmp_path / "cache" / "face-parsing" / "resnet18.onnx"
-    with caplog.at_level(logging.WARNING, logger="vidanon.masks"):
+    with caplog.at_level(NOTE, logger="vidanon.masks"):  # a note (not a warning): shown once, never under -q
         assert load_face_parser(download=False) is None
     assert "landmark" in caplog.text
 

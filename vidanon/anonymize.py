@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from . import binding, keys, stages
 from .align import crop_face, face_affine, landmarks_in_crop, paste_weights
@@ -34,10 +33,11 @@ from .identity import BestFaces, Recognizer, closest, load_recognizer, photo_emb
 from .manifest import FaceLog, build_header, manifest_path, seal_mask, write_manifest
 from .masks import FaceParser, face_mask, face_parser, paste_alpha
 from .models import latent_numel, load_model
+from .progress import progress_bar
 from .records import Face, IdentityScheme, Kept, SealedFile, SealedRef
 from .sealed import ENCODING, SidecarWriter, originals, seal_original, sidecar_path
 from .track import Tracker, TrackerConfig
-from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
+from .video import Frame, VideoInfo, VideoWriter, probe_input, read_frames
 
 
 def master_key(key: bytes | str | os.PathLike) -> bytes:
@@ -72,7 +72,7 @@ def detect_and_track(path: Path, info: VideoInfo, cfg: Config, detector, progres
                                     bridge=cfg.bridge), frame_size=(info.width, info.height))
     threshold = getattr(detector, "threshold", 0.0)  # below it: weak candidates (a detector built with a floor)
     frames = stages.prefetch(read_frames(path, info), depth=4)
-    with tqdm(total=info.frames, desc=f"detect {path.name}", unit="frame", disable=not progress, leave=False) as bar, \
+    with progress_bar(info.frames, f"detect {path.name}", "frame", progress, leave=False) as bar, \
             contextlib.closing(frames):
         for frame in frames:
             with stages.CPU_BUSY:
@@ -228,7 +228,7 @@ def anonymize_video(
         # Pass 1 runs up to a few hundred frames ahead (its detections are small), so the core does not wait on it.
         tracked = (d for d in pass1) if pass1 is not None else \
             stages.prefetch(detect_and_track(src, info, cfg, detector, progress), depth=256)
-        frames, faces, mask_methods = write_video(src, dst, info, cfg, run, model, schedule, tracked, log, sidecar,
+        frames, faces, kept_faces, mask_methods = write_video(src, dst, info, cfg, run, model, schedule, tracked, log, sidecar,
                                                   progress, on_progress)
         header = build_header(info, cfg, model, run.video_id, model.scheduler_config, sorted(mask_methods) or [cfg.mask], frames)
         header = replace(header, binding=binding.BINDING)
@@ -242,15 +242,14 @@ def anonymize_video(
         write_manifest(mpath, header, log, master)
         if sidecar is None:  # a redo without sealing: an older run's sidecar no longer belongs to this output
             sidecar_path(dst).unlink(missing_ok=True)
-        return stages.Result(src, dst, mpath, frames, faces, len(log.track_ids()), time.monotonic() - t0)
+        present = set(log.track_ids())
+        return stages.Result(src, dst, mpath, frames, faces, len(present - run.kept), time.monotonic() - t0,
+                             kept_faces=kept_faces, kept_tracks=len(present & run.kept))
 
 
 def check_source(src: Path, dst: Path, still_images: bool) -> VideoInfo:
     """The source's facts, once it is known to be a video (or a still image, when asked) that `dst` would not overwrite."""
-    info = probe(src)
-    if info.still and not still_images:
-        raise InputError(f"{src}: is a still image, not a video (whatever its name says); pass --still-images to "
-                         "anonymize it as a one-frame video")
+    info = probe_input(src, still_images)
     if dst.resolve() == src.resolve():
         raise InputError(f"{dst}: the output would overwrite the input")
     return info
@@ -258,15 +257,15 @@ def check_source(src: Path, dst: Path, still_images: bool) -> VideoInfo:
 
 def write_video(src: Path, dst: Path, info: VideoInfo, cfg: Config, run: Anonymizing, model, schedule,
                 tracked: Iterator[Detections], log: FaceLog, sidecar: SidecarWriter | None, progress: bool,
-                on_progress: Callable[[int, int], None] | None) -> tuple[int, int, set[str]]:
+                on_progress: Callable[[int, int], None] | None) -> tuple[int, int, int, set[str]]:
     """Pass 2: anonymize every frame into `dst` and log each face (its sealed original into `sidecar`), in frame
-    order; returns the frames and faces written and the mask methods used. The video is complete (renamed to
+    order; returns the frames written, the faces anonymized, the faces left visible and the mask methods used. The video is complete (renamed to
     `dst`) on return: the manifest's final name, written after it, is the mark of a complete output."""
-    frames = faces = 0
+    frames = faces = kept_faces = 0
     mask_methods: set[str] = set()
     with VideoWriter(info, dst, lossless=cfg.lossless, crf=cfg.crf, preset=cfg.preset,
                      tags={binding.TAG: run.video_id.hex()}) as writer, \
-            tqdm(total=info.frames, desc=f"anonymize {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+            progress_bar(info.frames, f"anonymize {src.name}", "frame", progress, leave=False) as bar:
         work = paired(read_frames(src, info), tracked)
         batch = stages.batch_size(cfg.batch_size, model)
         written = stages.process(work, partial(prepare_faces, run), model, schedule, batch, writer, fingerprint_faces)
@@ -281,12 +280,13 @@ def write_video(src: Path, dst: Path, info: VideoInfo, cfg: Config, run: Anonymi
                 for index in range(frames, frames + n):  # the kept tracks' faces of these frames
                     for tid, face in run.visible.pop(index, ()):
                         log.add(tid, face)
+                        kept_faces += 1
                 frames, faces = frames + n, faces + len(jobs)
                 bar.update(n)
                 if on_progress is not None:
                     on_progress(n, len(jobs))
         writer.close()
-    return frames, faces, mask_methods
+    return frames, faces, kept_faces, mask_methods
 
 
 def record_identities(log: FaceLog, run: Anonymizing, embeddings: dict[int, np.ndarray], kept: dict[int, float],

@@ -24,9 +24,10 @@ from pathlib import Path
 from . import cluster, folder_run, keys
 from .config import FIELDS, Config, load_config
 from .errors import InputError, VidanonError, os_error
-from .folder_run import plural
+from .folder_run import kept_visible, plural
 from .manifest import inspect_video, open_tracks, video_for
 from .options import build_parser
+from .progress import NOTE
 
 log = logging.getLogger("vidanon")
 
@@ -38,7 +39,9 @@ KEY_WARNING = ("Keep it safe and private: whoever holds it can restore every fac
 
 
 def _err(message: str) -> None:
-    print(f"vidanon: error: {message}", file=sys.stderr)
+    from tqdm import tqdm  # through tqdm, so that a line printed while a progress bar is drawn does not break it
+
+    tqdm.write(f"vidanon: error: {message}", file=sys.stderr)
 
 
 def _info(args, message: str) -> None:
@@ -81,7 +84,8 @@ class _Lowercase(logging.Formatter):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    # Notes (progress.NOTE) at the default verbosity; -q: warnings and errors only.
+    level = logging.WARNING if quiet and not verbose else [NOTE, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = _TqdmHandler()
     fmt = "vidanon: %(levelname)s: %(message)s" if verbose == 0 else "%(name)s: %(levelname)s: %(message)s"
     handler.setFormatter(_Lowercase(fmt))
@@ -98,6 +102,10 @@ def _raise_interrupt(signum, frame):
 
 
 def cmd_keygen(args) -> int:
+    if args.if_missing and Path(args.output).exists():
+        keys.load_master_key(args.output)  # it must be a master key to be kept in its place
+        _result(args, f"kept the existing master key in {args.output} (--if-missing never overwrites a key)")
+        return 0
     keys.save_master_key(args.output, keys.generate_master_key())  # refuses an existing file
     _result(args, f"wrote a new master key to {args.output} (mode 0600)")
     log.warning(KEY_WARNING)
@@ -123,6 +131,7 @@ def cmd_anonymize(args) -> int:
         raise InputError(f"{outdir}: exists and is not a folder")
     check_output_folder(outdir)
     jobs = folder_run.plan(args.inputs, outdir, cfg, patterns=args.glob, overwrite=args.overwrite)
+    folder_run.check_inputs(jobs, still_images=args.still_images)  # a file that is no video is refused now, not after the models load
     resolve_model_name(cfg.model)
     if cfg.index_identities or args.keep_photo:  # the identity extra and the photos, before any file
         from .identity import check_photos
@@ -142,11 +151,15 @@ def cmd_anonymize(args) -> int:
     def on_file(job) -> None:
         if job.status == "done":
             redone = f"; redone: {job.redo}" if job.redo else ""
-            _info(args, f"done: {job.input} -> {job.output} ({plural(job.faces, 'face')}, {plural(job.tracks, 'track')}, "
-                        f"{job.seconds:.1f} s{redone})")
+            kept = f"; {kept_visible(job.kept_faces, job.kept_tracks)}" if job.kept_tracks else ""
+            _info(args, f"done: {job.input} -> {job.output} ({plural(job.faces, 'face')} anonymized in "
+                        f"{plural(job.tracks, 'track')}{kept}, {job.seconds:.1f} s{redone})")
         else:  # most reasons already start with the file's name
             reason = job.reason if job.reason.startswith(str(job.input)) else f"{job.input}: {job.reason}"
-            _info(args, f"{job.status}: {reason}")
+            if job.status == "failed":
+                _err(reason)  # -q silences progress and summaries, never an error
+            else:
+                _info(args, f"{job.status}: {reason}")
 
     for job in jobs:
         if job.status != "pending":
@@ -183,12 +196,16 @@ def cmd_inspect(args) -> int:
                           "tracks": rows}, indent=2))
     else:
         v = h.video
-        print(f"{video}: {v.width}x{v.height}, {plural(v.frames, 'frame')}, {plural(len(rows), 'track')}; "
+        kept = sum(r["kept"] for r in rows)
+        print(f"{video}: {v.width}x{v.height}, {plural(v.frames, 'frame')}, {plural(len(rows), 'track')}"
+              f"{f' ({kept} kept visible)' if kept else ''}; "
               f"model {h.model.name}, {h.steps} steps")
-        table = [("track", "first", "last", "frames", "face px (mean w x h)")]
+        table = [("track", "first", "last", "frames", "face px (mean w x h)", "faces shown")]
         table += [(str(r["id"]), r["first_time"], r["last_time"], str(r["frames"]),
-                   f"{r['mean_width']:.0f} x {r['mean_height']:.0f}") for r in rows]
-        widths = [max(len(r[i]) for r in table) for i in range(5)]
+                   f"{r['mean_width']:.0f} x {r['mean_height']:.0f}",
+                   f"KEPT VISIBLE (distance {r['kept_distance']:.3f} to the photo)" if r["kept"] else "anonymized")
+                  for r in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(6)]
         for r in table:
             print("  ".join(c.rjust(w) if i in (0, 3) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         print("(structure and track list checked; authenticity needs the key: deanonymize and export-key check it)")

@@ -59,6 +59,8 @@ class Outcome:
     faces: int
     tracks: int
     seconds: float
+    kept_faces: int = 0
+    kept_tracks: int = 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,7 +135,8 @@ class FileWorker:
                                 keep_photos=self.keep_photos, still_images=self.still_images, on_progress=on_progress)
         except KeyboardInterrupt:
             job.status, job.reason = "interrupted", "interrupted; will be redone by the next run"
-        return Outcome(job.status, job.reason, job.frames, job.faces, job.tracks, job.seconds)
+        return Outcome(job.status, job.reason, job.frames, job.faces, job.tracks, job.seconds, job.kept_faces,
+                       job.kept_tracks)
 
     def progress(self) -> tuple[int, int]:
         return self._done
@@ -172,9 +175,13 @@ def run_on_ray(
     stopping the files in flight (nothing partial is left). Ctrl-C raises folder_run.BatchInterrupted carrying
     the report.
     """
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     ray = import_ray()
+    folder_run.check_inputs(jobs, still_images)  # the driver sees the inputs by the same paths as the workers
+    for job in jobs:
+        if job.refused:
+            folder_run.tidy_refused(job)
     report = folder_run.Report(jobs, config.to_dict())
     todo = [j for j in jobs if j.status == "pending"]
     t0 = time.monotonic()
@@ -191,7 +198,7 @@ def run_on_ray(
             raise VidanonError(f"cannot {where}: {_first_line(e)}") from None
 
     expected = {id(j): _total_frames(j) for j in todo}  # frames per file, corrected as files finish
-    bar = tqdm(total=sum(expected.values()), desc="frames", unit="frame", disable=not progress, position=0)
+    bar = progress_bar(sum(expected.values()), "frames", "frame", progress, position=0)
     run = None
     done_frames = done_faces = 0
 
@@ -379,6 +386,7 @@ def _record(job: folder_run.FileJob, outcome: Outcome) -> None:
     reason = outcome.reason.replace(str(job.input.absolute()), str(job.input))
     job.status, job.reason = outcome.status, reason.replace(str(job.output.absolute()), str(job.output))
     job.frames, job.faces, job.tracks, job.seconds = outcome.frames, outcome.faces, outcome.tracks, outcome.seconds
+    job.kept_faces, job.kept_tracks = outcome.kept_faces, outcome.kept_tracks
 
 
 def _first_line(e: BaseException) -> str:

@@ -28,7 +28,7 @@ LABEL_W = 130  # px, the track label column
 CAPTION_H = 18  # px, the time under a tile
 HEADER_H = 30
 PAD = 6
-BG, FG, DIM = (38, 38, 38), (235, 235, 235), (160, 160, 160)  # BGR
+BG, FG, DIM, KEPT = (38, 38, 38), (235, 235, 235), (160, 160, 160), (40, 170, 255)  # BGR; KEPT: orange
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -60,6 +60,8 @@ def track_rows(manifest: Manifest) -> list[dict]:
             "first_seconds": round(first, 3), "last_seconds": round(last, 3),
             "frames": len(faces), "interpolated": sum(f.interpolated for f in faces),
             "mean_width": round(float(np.mean(w)), 1), "mean_height": round(float(np.mean(h)), 1),
+            # a track left visible (--keep-photo) shows the real face: said wherever it is listed
+            "kept": t.kept is not None, "kept_distance": None if t.kept is None else t.kept.distance,
         })
     return rows
 
@@ -105,14 +107,17 @@ def make_contact_sheet(video: str | os.PathLike, manifest: Manifest, *, per_trac
     width = LABEL_W + per_track * (tile + PAD) + PAD
     height = HEADER_H + max(len(manifest.tracks), 1) * row_h + PAD
     sheet = np.full((height, width, 3), BG, np.uint8)
-    n = len(manifest.tracks)
-    _text(sheet, f"{video.name}: {n} track{'s' * (n != 1)}; faces shown anonymized", PAD, 20, 0.5)
+    n, kept = len(manifest.tracks), sum(t.kept is not None for t in manifest.tracks)
+    shown = f"{kept} kept visible (REAL faces), the others anonymized" if kept else "faces shown anonymized"
+    _text(sheet, f"{video.name}: {n} track{'s' * (n != 1)}; {shown}", PAD, 20, 0.5)
     if not n:
         _text(sheet, "no faces were found in this video", PAD, HEADER_H + 30, 0.5, DIM)
     for row, t in enumerate(manifest.tracks):
         y = HEADER_H + row * row_h
         _text(sheet, f"track {t.id}", PAD, y + 24, 0.6, FG, 2)
         _text(sheet, f"{len(t.faces)} frame{'s' * (len(t.faces) != 1)}", PAD, y + 46, 0.42, DIM)
+        _text(sheet, "KEPT: real face" if t.kept is not None else "anonymized", PAD, y + 66, 0.42,
+              KEPT if t.kept is not None else DIM)
 
     # One pass over the video; stop after the last frame we need.
     last = max(needed, default=-1)

@@ -40,7 +40,7 @@ from .config import Config, changed_settings
 from .errors import InputError, VidanonError, os_error
 from .manifest import manifest_path, read_header
 from .sealed import sidecar_path
-from .video import output_suffix
+from .video import output_suffix, probe_input
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,13 @@ class FileJob:
     faces: int = 0
     tracks: int = 0
     seconds: float = 0.0
+    kept_faces: int = 0  # faces of tracks left visible (--keep-photo), not counted in faces
+    kept_tracks: int = 0
     overwrite: bool = False  # planned to redo a complete output
     redo: str = ""  # why a complete output is redone (settings changed), for the summary
     seen: tuple | None = field(default=None, repr=False)  # the output as planned (see _stat)
+    probed: bool = field(default=False, repr=False)  # its input was probed (check_inputs)
+    refused: bool = field(default=False, repr=False)  # ... and found not to be a video it can anonymize
 
     @property
     def manifest(self) -> Path:
@@ -75,7 +79,8 @@ class FileJob:
     def to_dict(self) -> dict:
         return {"input": str(self.input), "output": str(self.output), "manifest": str(self.manifest),
                 "status": self.status, "reason": self.reason, "redo": self.redo, "frames": self.frames, "faces": self.faces,
-                "tracks": self.tracks, "seconds": round(self.seconds, 3)}
+                "tracks": self.tracks, "kept_faces": self.kept_faces, "kept_tracks": self.kept_tracks,
+                "seconds": round(self.seconds, 3)}
 
 
 def is_complete(output: str | os.PathLike) -> bool:
@@ -86,6 +91,11 @@ def is_complete(output: str | os.PathLike) -> bool:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def kept_visible(faces: int, tracks: int) -> str:
+    """How many faces were left as recorded (--keep-photo): said apart from the anonymized ones, always."""
+    return f"{plural(faces, 'face')} of {plural(tracks, 'track')} kept visible"
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -184,6 +194,19 @@ def plan(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, config:
     return jobs
 
 
+def check_inputs(jobs: Iterable[FileJob], still_images: bool = False) -> None:
+    """Probe every pending job's input (open it, decode one frame), before any model loads: a file that is not a
+    video, or a still image named like one (unless `still_images`), fails now with its reason, and a dry run lists
+    it as refused. Each job is probed once, however often this is called."""
+    for job in jobs:
+        if job.status == "pending" and not job.probed:
+            try:
+                probe_input(job.input, still_images)
+            except InputError as e:
+                job.status, job.reason, job.refused = "failed", str(e), True
+            job.probed = True
+
+
 def _settings_changed(manifest: Path, config: Config) -> str:
     """Why a complete output must be redone for `config` ("" if it need not)."""
     try:
@@ -268,7 +291,8 @@ class Report:
     def totals(self) -> dict:
         counts = {s: self.count(s) for s in STATUSES}
         return {"files": len(self.files), **counts, "frames": sum(j.frames for j in self.files),
-                "faces": sum(j.faces for j in self.files), "tracks": sum(j.tracks for j in self.files)}
+                "faces": sum(j.faces for j in self.files), "tracks": sum(j.tracks for j in self.files),
+                "kept_faces": sum(j.kept_faces for j in self.files), "kept_tracks": sum(j.kept_tracks for j in self.files)}
 
     def to_dict(self) -> dict:
         return {
@@ -304,9 +328,10 @@ class Report:
         """A table, one line per file, then the totals."""
         t = self.totals
         parts = [f"{t[s]} {'to do' if s == 'pending' and self.dry_run else s}" for s in STATUSES if t[s]]
+        kept = f", {kept_visible(t['kept_faces'], t['kept_tracks'])}" if t["kept_tracks"] else ""
         total = (f"{plural(len(self.files), 'file')}: {', '.join(parts) or 'nothing to do'}; "
-                 f"{plural(t['faces'], 'face')} in {plural(t['tracks'], 'track')} over {plural(t['frames'], 'frame')}; "
-                 f"{self.seconds:.1f} s")
+                 f"{plural(t['faces'], 'face')} anonymized in {plural(t['tracks'], 'track')}{kept} over "
+                 f"{plural(t['frames'], 'frame')}; {self.seconds:.1f} s")
         if not self.files:
             return total
         rows = [("status", "file", "faces", "tracks", "time", "output / reason")]
@@ -315,6 +340,7 @@ class Report:
             if ran or (self.dry_run and j.status == "pending"):
                 note = f"{j.output} ({j.reason})" if j.reason and not ran else str(j.output)
                 note += f" (redone: {j.redo})" if ran and j.redo else ""
+                note += f" ({kept_visible(j.kept_faces, j.kept_tracks)})" if ran and j.kept_tracks else ""
             else:
                 note = j.reason
             status = "todo" if self.dry_run and j.status == "pending" else j.status
@@ -346,6 +372,7 @@ def _run_job(job: FileJob, anonymize: Callable) -> None:
     else:
         job.status, job.reason = "done", ""
         job.frames, job.faces, job.tracks, job.seconds = result.frames, result.faces, result.tracks, result.seconds
+        job.kept_faces, job.kept_tracks = result.kept_faces, result.kept_tracks
     finally:  # also on Ctrl-C
         _settle(job, aside, video_before)
 
@@ -385,6 +412,16 @@ def clear_leftovers(job: FileJob) -> None:
         _settle(job, *_set_aside(job))  # removes the temps; keeps a complete output, drops a lone video
 
 
+def tidy_refused(job: FileJob) -> None:
+    """For a job whose input was refused before it ran (check_inputs): what a failed run leaves, no more. Stale
+    hidden temps go, a video without its manifest goes, a complete earlier output stays as it was."""
+    if not job.output.parent.is_dir():  # nothing there to tidy, and nothing to create for a refused file
+        return
+    with _claimed(job) as ours:
+        if ours:
+            _settle(job, *_set_aside(job))
+
+
 class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM turned into it) during run_batch; `.report` says what was done."""
 
@@ -412,13 +449,17 @@ def run_batch(
     progress is marked interrupted (nothing is left under its final name) and BatchInterrupted,
     carrying the report, is raised. `on_file` is called after each file (for per-file output).
     """
-    from tqdm import tqdm
+    from .progress import progress_bar
 
+    check_inputs(jobs, still_images)  # before the models load
+    for job in jobs:
+        if job.refused:  # as for a file that fails while it runs: no stale temps, no video without its manifest
+            tidy_refused(job)
     report = Report(jobs, config.to_dict())
     todo = [j for j in jobs if j.status == "pending"]
     t0 = time.monotonic()
     current: FileJob | None = None
-    bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress or not todo, position=0)
+    bar = progress_bar(len(todo), "files", "file", progress and bool(todo), position=0)
     try:
         if todo:  # torch and the models only when there is work: a rerun that skips everything is instant
             from .anonymize import detector_for

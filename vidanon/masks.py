@@ -25,6 +25,7 @@ from .align import CROP_SIZE
 from .atomic import atomic_file
 from .device import onnx_providers
 from .errors import ModelNotFoundError
+from .progress import note
 from .weights import vidanon_cache
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ def load_face_parser(
     cached = cache_dir() / Path(PARSER_URL).name
     if not cached.is_file():
         if not download:
-            log.warning("no face-parsing weights in %s; using landmark masks", cached.parent)
+            note(__name__, f"no face-parsing weights in {cached.parent}; using landmark masks "
+                           "(`vidanon models pull face-parser` fetches them)")
             return None
         for url in PARSER_URLS:
             try:

@@ -88,8 +88,10 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("keygen", help="make a new master key file", formatter_class=fmt,
                        description="Write a new random 256-bit master key to FILE (mode 0600). "
-                                   "Refuses to overwrite an existing file. The key is never printed.")
+                                   "Refuses to overwrite an existing file (--if-missing keeps it). The key is never printed.")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the key (must not exist)")
+    p.add_argument("--if-missing", action="store_true", help="if FILE already holds a master key, keep it and say so "
+                   "(never overwrites; a file that is not a master key is still an error) (default: refuse)")
     p.set_defaults(func=commands["keygen"])
 
     p = sub.add_parser("anonymize", help="anonymize every face of videos and folders of videos", formatter_class=fmt,
@@ -136,14 +138,14 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--parser-weights", metavar="FILE", help="BiSeNet face-parsing ONNX file (default: the user cache)")
     p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
                    help="lossless RGB H.264 (libx264rgb qp 0) for evidential archives and the best restoration; "
-                        "files are about 10x larger and use H.264's High 4:4:4 Predictive profile, which many "
+                        "files are about 12x larger and use H.264's High 4:4:4 Predictive profile, which many "
                         f"players and browsers cannot play (default: {'yes' if D.lossless else 'no, H.264 at --crf'})")
     p.add_argument("--crf", type=int, metavar="N", help=f"H.264 quality when not lossless, 0-51 (default: {D.crf})")
     p.add_argument("--seal", action=argparse.BooleanOptionalAction, default=None,
                    help="keep each face's original pixels, encrypted under that person's own track key, in "
                         "<stem>.vidanon.sealed beside the manifest, so a key holder restores the face exactly as "
-                        "recorded; the release then carries the real faces, encrypted per person (adds about 20-30 %% "
-                        "of a lossless video's size, docs/benchmarks.md); --no-seal: no sidecar, restoration by the "
+                        "recorded; the release then carries the real faces, encrypted per person (19.8 %% of a lossless "
+                        "video's size on the benchmark clip of docs/benchmarks.md); --no-seal: no sidecar, restoration by the "
                         f"key flip only, approximate (default: {'seal' if D.seal else 'no sidecar'})")
     p.add_argument("--preset", metavar="NAME", help=f"x264 preset (default: {D.preset})")
     identity_options(p)

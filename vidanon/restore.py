@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from . import keys, stages
 from .align import restore_crop
@@ -28,6 +27,7 @@ from .config import Config, restore_config
 from .errors import InputError
 from .manifest import Manifest, manifest_path, open_tracks, read_manifest, unseal_mask
 from .masks import paste_alpha
+from .progress import progress_bar
 from .records import Face
 from .sealed import SidecarIndex, SidecarReader, open_original, restore_into
 from .video import Frame, VideoInfo, VideoWriter, probe, read_frames
@@ -181,7 +181,7 @@ def deanonymize_video(
         crf = Config().crf if enc.crf is None else min(enc.crf, RESTORED_CRF)
         with VideoWriter(info, dst, lossless=enc.lossless, crf=crf, preset=enc.preset, private=True,
                          replace=overwrite) as writer, \
-                tqdm(total=info.frames, desc=f"restore {src.name}", unit="frame", disable=not progress, leave=False) as bar:
+                progress_bar(info.frames, f"restore {src.name}", "frame", progress, leave=False) as bar:
             frames, faces = restore(src, info, by_frame, writer, bar)
             if frames != h.video.frames:  # containers that store no frame count are checked here, before the rename
                 raise InputError(f"{src}: has {frames} frames but its manifest describes {h.video.frames}: "

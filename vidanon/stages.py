@@ -59,10 +59,12 @@ class Result:
     output: Path
     manifest: Path | None
     frames: int
-    faces: int
-    tracks: int
+    faces: int  # faces anonymized (restored, for a restore)
+    tracks: int  # tracks anonymized (restored)
     seconds: float
     method: str | None = None  # how faces were restored: "sealed" (original pixels) or "flip" (key flip)
+    kept_faces: int = 0  # faces of the tracks left visible (--keep-photo): counted apart, never as anonymized
+    kept_tracks: int = 0
 
 
 @dataclass

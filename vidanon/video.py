@@ -128,6 +128,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         )
 
 
+def probe_input(path: str | os.PathLike, still_images: bool = False) -> VideoInfo:
+    """probe(path) of a file to anonymize: a still image named like a video is refused unless `still_images`."""
+    info = probe(path)
+    if info.still and not still_images:
+        raise InputError(f"{path}: is a still image, not a video (whatever its name says); pass --still-images to "
+                         "anonymize it as a one-frame video")
+    return info
+
+
 def _decode(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
     """One demux loop with an explicit flush."""
     for packet in container.demux(stream):
