@@ -7,7 +7,7 @@ measured in this run), peak GPU memory; then the same work written as a diffuser
 closed-form model's round-trip PSNR in each precision, so a speed-up that breaks restoration shows.
 The global switches (TF32, cuDNN autotune) are set once, before either side runs, so both get them.
 
-GPU:  python benchmarks/bench_core.py                      (50 steps, batches 1..64, bf16)
+GPU:  python benchmarks/bench_core.py                      (50 steps, batches 1..64, bf16, compiled: each batch compiles)
 CPU:  python benchmarks/bench_core.py --steps 2 --batch-sizes 1,2 --naive-faces 1
 """
 
@@ -34,16 +34,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def real_architecture(seed: int = 0, tiny: bool = False, device: str | torch.device = "cpu"):
     """UNet2DModel 274 M params + VQModel f4 of the CompVis/paper LDMs, random weights.
 
-    tiny: the same block types and 64×64 latent / 256 px faces with a few channels, for smoke runs on a CPU.
+    tiny: the same block types and 64×64 latent / 256 px faces with a few channels (one layer per block, heads of 8
+    channels), for smoke runs on a CPU.
     Built on `device` (random init of 274 M parameters takes seconds on a CPU, milliseconds on a GPU).
     """
     torch.manual_seed(seed)
-    chans, vq_chans, layers, codes = ((32, 32, 32, 32), (16, 16, 16), 1, 64) if tiny else ((224, 448, 672, 896), (128, 256, 512), 2, 8192)
+    chans, vq_chans, layers, codes = ((16, 16, 16, 16), (8, 8, 8), 1, 64) if tiny else ((224, 448, 672, 896), (128, 256, 512), 2, 8192)
     with torch.device(device):
         unet = UNet2DModel(
             sample_size=64, in_channels=3, out_channels=3, layers_per_block=layers, block_out_channels=chans,
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=32,
+            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8 if tiny else 32,
             norm_num_groups=8 if tiny else 32,
         )
         vq = VQModel(
@@ -70,8 +71,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeat=1):
-    fn()  # warm-up (cuDNN autotune, compile)
+def timed(fn, device, repeat=1, warm=True):
+    if warm:
+        fn()  # warm-up (cuDNN autotune, compile)
     sync(device)
     t = time.perf_counter()
     for _ in range(repeat):
@@ -81,14 +83,18 @@ def timed(fn, device, repeat=1):
 
 
 def flops_per_face(model) -> tuple[float, float, float]:
-    """(UNet forward, encode, decode) FLOPs for one face, counted by torch's FLOP counter."""
-    x = torch.zeros(1, *model.image_shape, device=model.device)
-    z = torch.zeros(1, *model.latent_shape, device=model.device)
+    """(UNet forward, encode, decode) FLOPs for one face, counted by torch's FLOP counter on the eager modules
+    (a compiled model's own calls would compile it at batch 1)."""
+    fmt = model.memory_format
+    x = torch.zeros(1, *model.image_shape, device=model.device, dtype=model.vq_dtype).contiguous(memory_format=fmt)
+    z = torch.zeros(1, *model.latent_shape, device=model.device).contiguous(memory_format=fmt)
+    t = torch.tensor(500, device=model.device)
     out = []
-    for fn in (lambda: model.eps(z, 500), lambda: model.encode(x), lambda: model.decode(z)):
-        with FlopCounterMode(display=False) as counter:
-            fn()
-        out.append(counter.get_total_flops())
+    with torch.no_grad():
+        for fn in (lambda: model.unet(z.to(model.dtype), t), lambda: model.vqvae.encode(x), lambda: model.vqvae.decode(z.to(model.vq_dtype))):
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            out.append(counter.get_total_flops())
     return tuple(out)
 
 
@@ -141,9 +147,22 @@ def round_trip_psnr(dtype, steps, b=2) -> float:
     return float(10 * torch.log10(4 / ((back - x)[sel].double() ** 2).mean()))
 
 
-def core_model(device, dtype, *, tiny=False, compile=False) -> LatentDiffusion:
+def core_model(device, dtype, *, tiny=False, compile=None, **settings) -> LatentDiffusion:
+    """The real architecture with random weights as vidanon runs it (compiled on a GPU by default); `settings` are
+    LatentDiffusion's other keywords (compile_mode, vq_dtype, memory_format)."""
     unet, vq = real_architecture(tiny=tiny, device=device)
-    return LatentDiffusion(unet, vq, COMPVIS_SCHEDULER, name="random", digest="-", device=device, dtype=dtype, compile=compile)
+    return LatentDiffusion(unet, vq, COMPVIS_SCHEDULER, name="random", digest="-", device=device, dtype=dtype, compile=compile,
+                           **settings)
+
+
+def warm_up(model, b: int) -> float:
+    """Seconds of one 1-step key flip at batch b: what a first batch of that shape costs beyond its steps (the
+    compile of a compiled model, cuDNN's autotune)."""
+    x, m, r = inputs(model, b)
+    t = time.perf_counter()
+    flip_faces(model, x, m, r, make_schedule(model.scheduler_config, 1))
+    sync(model.device)
+    return time.perf_counter() - t
 
 
 def flop_figures(model, steps: int) -> dict:
@@ -155,14 +174,18 @@ def flop_figures(model, steps: int) -> dict:
             "tflop_per_face": per_face / 1e12, "matmul_peak_tflops": peak / 1e12, "ceiling_faces_per_s": peak / per_face}
 
 
-def batch_speed(model, b: int, steps: int, flops: dict, repeat: int = 1) -> dict:
-    """faces/s at batch b (after one warm-up batch), TFLOP/s, fraction of the ceiling, peak GPU memory.
-    Raises torch.OutOfMemoryError at a batch that does not fit."""
+def batch_speed(model, b: int, steps: int, flops: dict, repeat: int = 1, warm: bool = True) -> dict:
+    """faces/s at batch b (after one warm-up batch unless not `warm`: the caller warmed this shape up), TFLOP/s,
+    fraction of the ceiling, peak GPU memory of the timed batches. Raises torch.OutOfMemoryError at a batch that
+    does not fit."""
     x, m, r = inputs(model, b)
-    if model.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(model.device)
     sched = make_schedule(model.scheduler_config, steps)  # once per run, as vidanon does
-    sec = timed(lambda: flip_faces(model, x, m, r, sched), model.device, repeat=repeat)
+    if warm:
+        flip_faces(model, x, m, r, sched)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(model.device)
+    sec = timed(lambda: flip_faces(model, x, m, r, sched), model.device, repeat=repeat, warm=False)
     fps = b / sec
     mem = torch.cuda.max_memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else float("nan")
     return {"batch": b, "faces_per_s": fps, "tflops": fps * flops["tflop_per_face"],
@@ -177,13 +200,16 @@ def naive_speed(device, steps: int, faces: int, *, tiny=False) -> float:
     return 1 / timed(lambda: naive_face(unet32, vq32, x, m, r, steps, device), device, repeat=faces)
 
 
-def precision_figures(device, steps: int, *, tiny=False, batch: int = 32) -> dict:
+def precision_figures(device, steps: int, *, tiny=False, batch: int = 32, memory_format=None) -> dict:
     """bf16 against fp32 on the real architecture (random weights): relative error of ε at a few noise levels,
-    batch invariance (one face alone vs in a batch), and the whole key flip's output in bf16 vs fp32."""
+    batch invariance (one face alone vs in a batch), the whole key flip's output in bf16 vs fp32, and the same
+    with the VQ autoencoder in bf16 too against the default (VQ in fp32). Eager models: precision, not speed."""
     unet, vq = real_architecture(tiny=tiny, device=device)
-    fp32 = LatentDiffusion(copy.deepcopy(unet), copy.deepcopy(vq), COMPVIS_SCHEDULER, name="random", digest="-",
-                           device=device, dtype=torch.float32)
-    bf16 = LatentDiffusion(unet, vq, COMPVIS_SCHEDULER, name="random", digest="-", device=device, dtype=torch.bfloat16)
+    same = {"name": "random", "digest": "-", "device": device, "compile": False, "memory_format": memory_format}
+    fp32 = LatentDiffusion(copy.deepcopy(unet), copy.deepcopy(vq), COMPVIS_SCHEDULER, dtype=torch.float32, **same)
+    vq16 = LatentDiffusion(copy.deepcopy(unet), copy.deepcopy(vq), COMPVIS_SCHEDULER, dtype=torch.bfloat16,
+                           vq_dtype=torch.bfloat16, **same)
+    bf16 = LatentDiffusion(unet, vq, COMPVIS_SCHEDULER, dtype=torch.bfloat16, **same)
     x, m, r = inputs(fp32, batch)
     acp = DDIMScheduler(**COMPVIS_SCHEDULER).alphas_cumprod
     g = torch.Generator(device="cpu").manual_seed(2)
@@ -200,11 +226,13 @@ def precision_figures(device, steps: int, *, tiny=False, batch: int = 32) -> dic
     y16 = flip_faces(bf16, x, m, r, sched)
     y32 = flip_faces(fp32, x, m, r, sched)
     alone = flip_faces(bf16, x[:1], m[:1], r[:1], sched)
+    y_vq16 = flip_faces(vq16, x, m, r, sched)
     psnr = lambda a, b: float(10 * torch.log10(4 / ((a - b).double() ** 2).mean()))  # noqa: E731  images in [-1, 1]
     out.update({
         "batch": batch, "steps": steps,
         "face_rel_err_bf16_vs_fp32": rel(y16, y32), "face_psnr_bf16_vs_fp32_db": psnr(y16, y32),
         "face_rel_err_alone_vs_batch_bf16": rel(alone, y16[:1]), "face_psnr_alone_vs_batch_bf16_db": psnr(alone, y16[:1]),
+        "face_rel_err_vq_bf16_vs_fp32": rel(y_vq16, y16), "face_psnr_vq_bf16_vs_fp32_db": psnr(y_vq16, y16),
     })
     return out
 
@@ -216,7 +244,8 @@ def main():
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
     p.add_argument("--naive-faces", type=int, default=2, help="faces timed for the naive loop (default 2)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the UNet and VQ (default: as vidanon does, on a GPU only)")
     p.add_argument("--tiny", action="store_true", help="a few-channel model of the same shape (smoke runs)")
     a = p.parse_args()
     device, dtype = torch.device(a.device), DTYPES[a.dtype]

@@ -13,6 +13,7 @@ CPU:  python benchmarks/bench_pipeline.py --model testing:gaussian --width 640 -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -50,49 +51,77 @@ def model_folder(tmp: Path, tiny: bool = False) -> str:
     return str(tmp / "ldm")
 
 
+@contextlib.contextmanager
+def stage_timers():
+    """Seconds the diffusion core and detection ran, {"core_s", "detect_s"}, while in the block. Both are looked up
+    at call time in the modules that call them (stages.run_core, anonymize.detect_upright), so they can be wrapped.
+    run_core returns once its batch is back on the host, so its time is the core's whether on a CPU or a GPU."""
+    from vidanon import anonymize, stages
+
+    spent = {"core_s": 0.0, "detect_s": 0.0}
+    run_core, detect_upright = stages.run_core, anonymize.detect_upright
+
+    def timed(fn, key):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t
+        return call
+
+    stages.run_core, anonymize.detect_upright = timed(run_core, "core_s"), timed(detect_upright, "detect_s")
+    try:
+        yield spent
+    finally:
+        stages.run_core, anonymize.detect_upright = run_core, detect_upright
+
+
+def steady_state(clip: Path, cfg, model, detector, on_window=lambda t, frames, faces: None) -> dict:
+    """Anonymize `clip` in this process with `cfg` and report its throughput once the pipeline is full: the
+    face-frames per second written after the first window (which waits for the tracker's look-ahead and the first
+    batch), besides the whole run's. `on_window(seconds, frames, faces)` sees each window as it is written."""
+    from vidanon import anonymize
+
+    windows = []
+
+    def written(frames: int, faces: int) -> None:
+        windows.append((time.perf_counter() - t0, frames, faces))
+        on_window(*windows[-1])
+
+    with tempfile.TemporaryDirectory() as tmp, stage_timers() as spent:
+        t0 = time.perf_counter()
+        result = anonymize.anonymize_video(clip, Path(tmp) / "anon.mp4", bytes(32), cfg, model=model, detector=detector,
+                                           progress=False, on_progress=written)
+        wall = time.perf_counter() - t0
+    out = {"frames": result.frames, "faces": result.faces, "wall_s": wall, "windows": len(windows),
+           "first_window_s": windows[0][0] if windows else None, **spent,
+           "faces_per_s": result.faces / wall, "core_busy": spent["core_s"] / wall, "detect_busy": spent["detect_s"] / wall}
+    if len(windows) > 1:
+        span = windows[-1][0] - windows[0][0]
+        out["steady_faces_per_s"] = sum(w[2] for w in windows[1:]) / span
+        out["steady_frames_per_s"] = sum(w[1] for w in windows[1:]) / span
+    return out
+
+
 def run_once(args) -> dict:
     """One anonymization in this process; returns its figures (run as a child for a clean RSS peak)."""
-    import torch
-
     from vidanon import anonymize, stages
     from vidanon.config import Config
     from vidanon.models import load_model
 
-    # The core stage and detection are looked up at call time in the modules that call them, so they can be timed.
-    core_seconds = 0.0
-    run_core = stages.run_core
-
-    def timed_core(model, jobs, *a, **k):
-        nonlocal core_seconds
-        t = time.perf_counter()
-        run_core(model, jobs, *a, **k)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        core_seconds += time.perf_counter() - t
-
-    detect_seconds = 0.0
-    detect_upright = anonymize.detect_upright
-
-    def timed_detect(*a, **k):
-        nonlocal detect_seconds
-        t = time.perf_counter()
-        out = detect_upright(*a, **k)
-        detect_seconds += time.perf_counter() - t
-        return out
-
-    stages.run_core = timed_core
-    anonymize.detect_upright = timed_detect
     cfg = Config(model=args.model, steps=args.steps, batch_size=args.batch_size, device=args.device, mask="landmarks")
     model = load_model(cfg.model, device=cfg.device)
     detector = anonymize.detector_for(cfg)
-    t = time.perf_counter()
-    result = anonymize.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model,
-                                       detector=detector, progress=False)
-    wall = time.perf_counter() - t
+    with stage_timers() as spent:
+        t = time.perf_counter()
+        result = anonymize.anonymize_video(args.clip, Path(args.clip).with_suffix(".anon.mp4"), bytes(32), cfg, model=model,
+                                           detector=detector, progress=False)
+        wall = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the core-alone run below adds to it
     batch = stages.batch_size(cfg.batch_size, model)
     return {
-        "frames": result.frames, "faces": result.faces, "wall_s": wall, "core_s": core_seconds, "detect_s": detect_seconds,
+        "frames": result.frames, "faces": result.faces, "wall_s": wall, **spent,
         "peak_rss_mib": rss, "batch": batch, "model_device": str(model.device),
         "detector_providers": detector.session.get_providers() if hasattr(detector, "session") else [],
         "core_alone_faces_per_s": core_alone(model, batch, args.steps, result.faces) if args.core_alone else None,
@@ -102,6 +131,7 @@ def run_once(args) -> dict:
 def core_alone(model, batch: int, steps: int, faces: int) -> float:
     """faces/s of the core alone on the same model and batch size (no video, no detection)."""
     from bench_core import inputs, timed
+
     from vidanon.diffusion import flip_faces, make_schedule
 
     x, m, r = inputs(model, batch)

@@ -278,3 +278,39 @@ def test_a_model_for_other_image_sizes_is_refused_before_any_file(tmp_path):
     with pytest.raises(VidanonError, match="works on 64x64 images; vidanon aligns faces to 256x256"):
         check_model(tiny)
     check_model(GAUSS)
+
+
+def test_the_step_loop_never_reads_the_device_back_on_the_host():
+    """Given mask and signs on the host, flip_faces checks them there once per batch; from its first kernel to its
+    result nothing waits on the device. On the meta device (no data, as if every kernel were still running) any
+    host read of a device value (.item(), bool(), .tolist(), .cpu()) raises, so the whole core runs here only if
+    none is left in it."""
+    meta = LatentDiffusion(*tiny_models(), COMPVIS_SCHEDULER, name="t", digest="-", device="meta", dtype=torch.float32)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    m = torch.zeros(2, 16, 16)
+    m[:, 4:12, 4:12] = 1
+    y = flip_steps(meta, x, m, signs_for(meta, [0, 1]), steps=3)
+    assert y.device.type == "meta" and y.shape == x.shape
+    with pytest.raises(ValueError, match="binary"):  # the value checks still run, on the host
+        flip_steps(meta, x, m * 0.5, signs_for(meta, [0, 1]), steps=3)
+
+
+def test_channels_last_end_to_end_changes_no_face_beyond_float_noise(monkeypatch):
+    """The GPU's memory format (channels_last) on the CPU: the latents stay in it through the whole step loop (no
+    layout copy between UNet calls) and the faces equal the contiguous model's within 1e-4 (the convolutions'
+    algorithms differ between layouts, nothing else does)."""
+    plain = LatentDiffusion(*tiny_models(), COMPVIS_SCHEDULER, name="t", digest="-", device="cpu", dtype=torch.float32)
+    nhwc = LatentDiffusion(*tiny_models(), COMPVIS_SCHEDULER, name="t", digest="-", device="cpu", dtype=torch.float32,
+                           memory_format=torch.channels_last)
+    layouts = []
+    eps = nhwc.eps
+    monkeypatch.setattr(nhwc, "eps", lambda z, t: (layouts.append(z.is_contiguous(memory_format=torch.channels_last)), eps(z, t))[1])
+    torch.manual_seed(7)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    m = torch.zeros(2, 16, 16)
+    m[:, 2:10, 5:14] = 1
+    r = signs_for(plain, [3, 4])
+    y = flip_steps(nhwc, x, m, r, steps=3)
+    assert layouts == [True] * 6
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert (y - flip_steps(plain, x, m, r, steps=3)).abs().max() < 1e-4

@@ -17,9 +17,10 @@ from .errors import InputError
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
-_TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "float": (float, int),
+_TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "bool | None": (bool, type(None)), "float": (float, int),
           "float | None": (float, int, type(None)), "str | None": (str, type(None))}
-_NAMES = {"str": "a string", "int": "a whole number", "bool": "true or false", "float": "a number",
+_NAMES = {"str": "a string", "int": "a whole number", "bool": "true or false", "bool | None": "true, false or null",
+          "float": "a number",
           "float | None": "a number or null", "str | None": "a string or null"}
 
 
@@ -35,7 +36,7 @@ class Config:
     steps: int = 50  # DDIM steps for inversion and denoising (paper: 50)
     batch_size: int = speed_only(0)  # faces per diffusion batch; 0 = auto (32 on GPU, 4 on CPU)
     device: str = speed_only("auto")  # auto | cpu | cuda | cuda:N
-    compile: bool = speed_only(False)  # torch.compile the UNet (GPU: faster after a one-off compile per batch shape)
+    compile: bool | None = speed_only(None)  # torch.compile the UNet and VQ; None = auto: on a GPU (compiled once per machine), not on a CPU
     detector: str = "centerface"  # centerface (offline, MIT) | scrfd (insightface, non-commercial licence)
     threshold: float | None = None  # detector score threshold; None = the detector's own default
     min_face: int = 20  # smallest face height in pixels the detector is run to find
@@ -130,6 +131,6 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
 
 def restore_config(stored: dict, **overrides) -> Config:
     """The settings a video was anonymized with (from its manifest), for restoring it on this machine:
-    fields a newer vidanon added are ignored, the device is this machine's ("auto") unless overridden."""
+    fields a newer vidanon added are ignored, the device and compiling are this machine's ("auto") unless overridden."""
     known = {k: v for k, v in stored.items() if k in FIELDS}
-    return Config(**{**known, "device": "auto", **{k: v for k, v in overrides.items() if v is not None}})
+    return Config(**{**known, "device": "auto", "compile": None, **{k: v for k, v in overrides.items() if v is not None}})

@@ -90,18 +90,34 @@ def _check(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor) -> N
         raise ValueError("signs must be ±1")
 
 
+def _to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`t` on the model's device: from pinned memory without waiting where that is a GPU (the copy is queued)."""
+    t = t.to(dtype)
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @torch.no_grad()
 def flip_faces(model, x: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor, sched: Schedule) -> torch.Tensor:
     """Anonymize (or, given an anonymized face and the same key, de-anonymize) a batch of aligned faces.
 
     x: (B, 3, 256, 256) in [-1, 1]; mask: (B, h, w) in {0, 1} at latent resolution; signs: (B, C·h·w) ±1,
-    one row per face (faces of different tracks, hence keys, share a batch). Returns (B, 3, 256, 256).
+    one row per face (faces of different tracks, hence keys, share a batch). Returns (B, 3, 256, 256) on the
+    model's device, in its memory format.
+
+    The values of mask and signs are checked once per batch, before the step loop, and nothing after that reads a
+    device value back on the host: given them on the host (as the pipeline does), a GPU never waits for the host
+    between its first kernel and the result.
     """
     _check(model, x, mask, signs)
-    dev = model.device
-    x = x.to(dev, torch.float32)
-    m = mask.to(dev).bool()[:, None]  # binary M, broadcast over channels
-    r = signs.to(dev, torch.float32).reshape(x.shape[0], *model.latent_shape)  # C-order: (channel, row, column)
+    dev, fmt = model.device, getattr(model, "memory_format", torch.contiguous_format)
+    x = _to_device(x, dev, torch.float32)
+    m = _to_device(mask, dev, torch.bool)[:, None]  # binary M, broadcast over channels
+    r = _to_device(signs, dev, torch.float32).reshape(x.shape[0], *model.latent_shape)  # C-order: (channel, row, column)
+    r = r.contiguous(memory_format=fmt)  # the latents' layout, so the flip mixes no layouts
     zs = invert(model, model.encode(x), sched)
     z = denoise(model, flip(zs[-1], m, r), sched, m, zs)
     del zs  # the original's intermediates are erased as soon as they are used (paper §2.3)

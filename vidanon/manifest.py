@@ -254,7 +254,8 @@ def build_header(info, cfg, model, video_id: bytes, schedule_config: dict, mask_
         steps=cfg.steps, scheduler=dict(schedule_config), crop_size=CROP_SIZE, alignment=ALIGNMENT,
         mask_methods=tuple(mask_methods), feather=cfg.feather,
         encoder=EncoderFacts(cfg.lossless, None if cfg.lossless else cfg.crf, cfg.preset),
-        key_derivation=dict(KEY_DERIVATION), config=cfg.to_dict(),
+        # compile as it ran (true/false), not "auto": readers that know compile only as a boolean still read it
+        key_derivation=dict(KEY_DERIVATION), config={**cfg.to_dict(), "compile": bool(getattr(model, "compiled", False))},
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import compiling
 from .device import torch_device
 from .errors import ModelNotFoundError
 from .weights import DEFAULT_MODEL, fetch_model
@@ -81,18 +82,30 @@ class GaussianModel:
 class LatentDiffusion:
     """A diffusers UNet2DModel (ε-prediction) + VQModel pair."""
 
-    def __init__(self, unet, vqvae, scheduler_config: dict, *, name: str, digest: str, device, dtype, compile: bool = False):
-        self.device, self.dtype = torch.device(device), dtype
-        # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions on GPUs.
-        self._fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+    def __init__(self, unet, vqvae, scheduler_config: dict, *, name: str, digest: str, device, dtype,
+                 compile: bool | None = None, compile_mode: str | None = None, vq_dtype: torch.dtype = torch.float32,
+                 memory_format: torch.memory_format | None = None):
+        """compile: torch.compile the UNet and the VQ autoencoder (None: on a CUDA GPU; compiling.py), the UNet with
+        torch.compile's `compile_mode`. vq_dtype and memory_format (default channels_last on a GPU) are for
+        measuring their effect (benchmarks/gpu_check.py); the defaults are what docs/benchmarks.md measured."""
+        self.device, self.dtype, self.vq_dtype = torch.device(device), dtype, vq_dtype
+        # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions on GPUs. The whole core keeps
+        # one memory format: the latents, the flip's mask and signs, the UNet's and the VQ's inputs and outputs.
+        if memory_format is None:
+            memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.memory_format = memory_format
         # Cast only when needed: ModelMixin.to(dtype) warns even when the dtype does not change.
         unet = unet if unet.dtype == dtype else unet.to(dtype)
-        vqvae = vqvae if vqvae.dtype == torch.float32 else vqvae.to(torch.float32)
-        self.unet = unet.to(device=device, memory_format=self._fmt).eval().requires_grad_(False)
-        # The VQ autoencoder stays in fp32: it is ~5 % of the FLOPs, and the encode/decode at both ends of a
-        # restoration is where reduced precision would cost fidelity. The UNet runs in `dtype` (bf16 on GPUs).
-        self.vqvae = vqvae.to(device=device, memory_format=self._fmt).eval().requires_grad_(False)
-        self._unet_call = torch.compile(self.unet, dynamic=False) if compile else self.unet
+        vqvae = vqvae if vqvae.dtype == vq_dtype else vqvae.to(vq_dtype)
+        self.unet = unet.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+        # The VQ autoencoder stays in fp32 (TF32 on GPUs) by default: it is ~5 % of the FLOPs, and the encode/decode
+        # at both ends of a restoration is where reduced precision would cost fidelity. The UNet runs in `dtype`.
+        self.vqvae = vqvae.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+        self.compiled = compiling.wanted(compile, self.device)
+        self._unet_call, self._encode_call, self._decode_call = self.unet, self._vq_encode, self._vq_decode
+        if self.compiled:  # the VQ without CUDA graphs: it runs once per batch, and its graph pool would be large
+            self._unet_call = compiling.compiled(self.unet, compile_mode)
+            self._encode_call, self._decode_call = compiling.compiled(self._vq_encode), compiling.compiled(self._vq_decode)
         self.scheduler_config = {k: scheduler_config[k] for k in SCHEDULER_KEYS if k in scheduler_config}
         self.name, self.digest = name, digest
         size = unet.config.sample_size
@@ -102,15 +115,21 @@ class LatentDiffusion:
         self.image_shape = (vqvae.config.in_channels, size * scale, size * scale)
         self._timesteps: dict[int, torch.Tensor] = {}
 
+    def _vq_encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.encode(x).latents
+
+    def _vq_decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.decode(z).sample
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         # quant_conv output, unquantized: the DDIM inversion starts from the encoder's continuous latent.
-        return self.vqvae.encode(x.to(torch.float32, memory_format=self._fmt)).latents
+        return self._encode_call(x.to(self.vq_dtype, memory_format=self.memory_format)).float()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         # VQModel.decode quantizes to the codebook by default; we keep the model's own behaviour.
-        return self.vqvae.decode(z.to(torch.float32, memory_format=self._fmt)).sample
+        return self._decode_call(z.to(self.vq_dtype, memory_format=self.memory_format)).float()
 
     @torch.no_grad()
     def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
@@ -118,7 +137,7 @@ class LatentDiffusion:
         tt = self._timesteps.get(int(t))
         if tt is None:
             tt = self._timesteps[int(t)] = torch.tensor(int(t), device=self.device)
-        return self._unet_call(z.to(self.dtype, memory_format=self._fmt), tt).sample.float()
+        return self._unet_call(z.to(self.dtype, memory_format=self.memory_format), tt).sample.float()
 
 
 def _weights_digest(*folders: Path) -> str:
@@ -148,7 +167,7 @@ def scheduler_for(name: str, folder: Path) -> dict:
 
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.dtype | None = None, download: bool = True,
-               compile: bool = False):
+               compile: bool | None = None):
     """A hub id (optionally with a subfolder), a local diffusers folder, a known alias, or 'testing:gaussian'."""
     dev = torch_device(device)
     if name == "testing:gaussian":

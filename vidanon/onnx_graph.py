@@ -9,6 +9,8 @@ device. A graph with any other operator, or with attributes this does not handle
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import torch
@@ -68,15 +70,33 @@ class TorchGraph:
                 last[name] = k
         self.free_after = [[n for n in inputs if last[n] == k and n not in self.weights and n not in self.outputs]
                            for k, (_, inputs, _, _) in enumerate(self.nodes)]
+        # On a GPU the graph runs on a CUDA stream of its own: beside the diffusion core, whose kernels fill the
+        # default stream, a detection would otherwise wait behind them at every read-back.
+        self.stream = None
+        if self.device.type == "cuda":
+            self.stream = torch.cuda.Stream(self.device)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the weights copied above
 
     def get_providers(self) -> list[str]:
         return [f"torch ({self.device})"]
 
     @torch.inference_mode()
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        values = {name: torch.from_numpy(array).to(self.device) for name, array in feeds.items()}
-        for (op, inputs, output, attrs), free in zip(self.nodes, self.free_after):
-            values[output] = OPS[op](*(values.get(n, self.weights.get(n)) for n in inputs if n), **attrs)
-            for name in free:
-                del values[name]
-        return [values[name].float().cpu().numpy() for name in output_names or self.outputs]
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            values = {name: _to_device(array, self.device) for name, array in feeds.items()}
+            for (op, inputs, output, attrs), free in zip(self.nodes, self.free_after):
+                values[output] = OPS[op](*(values.get(n, self.weights.get(n)) for n in inputs if n), **attrs)
+                for name in free:
+                    del values[name]
+            outs = [values[name] for name in output_names or self.outputs]
+            # one read-back for all outputs (it waits for this stream's work only), split on the host
+            flat = torch.cat([o.float().reshape(-1) for o in outs]).cpu().numpy()
+        ends = np.cumsum([o.numel() for o in outs])
+        return [part.reshape(o.shape) for part, o in zip(np.split(flat, ends[:-1]), outs)]
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(array)
+    if device.type == "cuda":  # queued from pinned memory on the current (the graph's) stream, without waiting
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -65,7 +65,10 @@ def _model_options(p: argparse.ArgumentParser, restore: bool = False) -> None:
                         f"a local diffusers folder, or testing:gaussian (no realistic faces) (default: {model_default})")
     p.add_argument("--device", metavar="DEV", help=f"auto, cpu, cuda or cuda:N (default: {D.device})")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"torch.compile the UNet, for long GPU runs (default: {'yes' if D.compile else 'no'})")
+                   help="torch.compile the UNet and VQ autoencoder: faster on a GPU after a compile of about a minute, "
+                        "paid once per machine (inductor's cache goes to vidanon's cache folder unless "
+                        "TORCHINDUCTOR_CACHE_DIR is set); --no-compile turns it off "
+                        f"(default: {'yes' if D.compile else 'no' if D.compile is False else 'on a GPU, not on a CPU'})")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help=f"faces per diffusion batch; 0 = auto: 32 on GPU, 4 on CPU (default: {D.batch_size})")
 

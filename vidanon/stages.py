@@ -120,8 +120,17 @@ def cpu_turn(device):
     return CPU_BUSY if device.type == "cpu" else contextlib.nullcontext()
 
 
+def one_shape(model) -> bool:
+    """Whether the core pads a short batch to the full one: on a GPU (cuDNN autotunes each new shape) and for a
+    compiled model (each new shape is a compile of its own)."""
+    return model.device.type == "cuda" or getattr(model, "compiled", False)
+
+
 def run_core(model, jobs: list[FaceJob], schedule: Schedule, batch: int) -> None:
-    """Run the key flip on every job, `batch` faces at a time (faces of any tracks share a batch)."""
+    """Run the key flip on every job, `batch` faces at a time (faces of any tracks share a batch).
+
+    Faces go to the device as float crops in 0..255 and are scaled there; masks and signs stay on the host,
+    where flip_faces checks them without waiting for the device. The result is read back once per batch."""
     import torch
 
     from .diffusion import flip_faces
@@ -129,13 +138,14 @@ def run_core(model, jobs: list[FaceJob], schedule: Schedule, batch: int) -> None
     for i in range(0, len(jobs), batch):
         chunk = jobs[i : i + batch]
         n = len(chunk)
-        if model.device.type == "cuda":  # a short batch is padded: one shape for cuDNN's autotune and torch.compile
+        if one_shape(model):
             chunk = chunk + [chunk[-1]] * (batch - n)
-        x = torch.from_numpy(np.stack([j.crop for j in chunk])).permute(0, 3, 1, 2) / 127.5 - 1
-        m = torch.from_numpy(np.stack([j.mask for j in chunk]).astype(np.float32))
-        r = torch.from_numpy(np.stack([j.signs for j in chunk]))
+        x = torch.from_numpy(np.stack([j.crop for j in chunk]))
         if model.device.type == "cuda":
-            x, m, r = (t.pin_memory().to(model.device, non_blocking=True) for t in (x, m, r))
+            x = x.pin_memory().to(model.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2) / 127.5 - 1
+        m = torch.from_numpy(np.stack([j.mask for j in chunk]))
+        r = torch.from_numpy(np.stack([j.signs for j in chunk]))
         y = flip_faces(model, x, m, r, schedule)
         out = ((y.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         for job, face in zip(chunk[:n], out):
